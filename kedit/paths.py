@@ -1,0 +1,24 @@
+"""Where kedit keeps its files (platformdirs, with environment overrides).
+
+* ``KEDIT_CACHE_DIR``: converted default model and cached key statistics (C0).
+* ``KEDIT_SESSIONS_DIR``: where a bare session name goes (default ``./sessions``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("KEDIT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("kedit", appauthor=False))
+
+
+def sessions_dir() -> Path:
+    env = os.environ.get("KEDIT_SESSIONS_DIR")
+    return Path(env).expanduser() if env else Path.cwd() / "sessions"
