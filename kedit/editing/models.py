@@ -97,7 +97,10 @@ def default_model_dir() -> Path:
 
 def _convert_gguf(src: Path, gguf: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
@@ -135,7 +138,10 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode on ``device`` in ``dtype``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # kedit shows its own progress; no tqdm noise on stderr
+    hf_logging.set_verbosity_error()
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     path, local = resolve(name)

@@ -1,0 +1,68 @@
+"""Shared fixtures.
+
+* All user data (sessions) goes to a temp dir per test (``KEDIT_SESSIONS_DIR``).
+* The model cache (converted default model, C0 statistics) is shared: ``KEDIT_CACHE_DIR`` if
+  set, else the user's cache dir, so the default model is converted once per machine.
+* ``default_lm``: the real embedded SmolLM2-135M (session-scoped; tests must not leave it edited).
+* ``tiny_llama``: a tiny random-init Llama with the SmolLM2 tokenizer, for fast unit tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+COUNTERFACT = SHARED_DATA / "counterfact" / "counterfact-edit-1k.json"
+ZSRE = SHARED_DATA / "zsre" / "zsre_mend_train-1k.json"
+
+
+@pytest.fixture(autouse=True)
+def kedit_home(tmp_path, monkeypatch):
+    """Point every user-data path of kedit at a temp dir."""
+    sessions = tmp_path / "sessions"
+    monkeypatch.setenv("KEDIT_SESSIONS_DIR", str(sessions))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    """The embedded default model, loaded once (float32 on CPU for exact, stable numbers)."""
+    from kedit.editing import load_model
+
+    return load_model("default", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_lm):
+    return default_lm.tokenizer
+
+
+def make_tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64, inter: int = 128, vocab: int = 49152, dtype=None):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
+
+
+def pytest_configure(config):
+    # Subprocess tests run the CLI from this interpreter's environment.
+    os.environ.setdefault("KEDIT_PYTHON", sys.executable)
