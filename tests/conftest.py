@@ -38,8 +38,16 @@ def default_lm():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(default_lm):
-    return default_lm.tokenizer
+def tokenizer():
+    """The SmolLM2 tokenizer alone (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    from kedit.editing.models import default_model_dir
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir())
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def make_tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64, inter: int = 128, vocab: int = 49152, dtype=None):
