@@ -1,0 +1,89 @@
+"""The base model of a journal: describing it in the header, and loading it back (checked).
+
+A journal only makes sense on the exact base weights it was recorded on: loading checks the
+model's fingerprint (config + every editable projection, in the journal's dtype) against the
+header and refuses a mismatch, naming both fingerprints.
+"""
+
+from __future__ import annotations
+
+from kedit.errors import BaseModelMismatchError, UsageError
+from kedit.session.journal import BaseModelRef, JournalHeader
+
+
+def describe(lm) -> BaseModelRef:
+    from kedit.editing import arch, model_fingerprint
+    from kedit.editing.delta import fingerprint
+    from kedit.editing.models import config_hash
+
+    n = arch.num_layers(lm.model)
+    return BaseModelRef(
+        name=lm.name, path=str(lm.path), config_hash=config_hash(lm.model), fingerprint=model_fingerprint(lm.model),
+        editable_fingerprint=fingerprint(lm.model, list(range(n))), model_type=lm.model.config.model_type,
+        num_layers=n,
+    )
+
+
+def device_kind(device) -> str:
+    return getattr(device, "type", str(device)).split(":")[0]
+
+
+def pick_device_for(recorded: str, device: str | None) -> str | None:
+    """The recorded device kind when no device is asked for and it exists here; else auto."""
+    if device not in (None, "auto"):
+        return device
+    import torch
+
+    if recorded == "cuda" and torch.cuda.is_available():
+        return "cuda"
+    if recorded == "cpu":
+        return "cpu"
+    return None
+
+
+def check_base(lm, header: JournalHeader, journal_path) -> str:
+    """The loaded model's fingerprint; raises ``BaseModelMismatchError`` if it is not the header's."""
+    from kedit.editing import model_fingerprint
+    from kedit.editing.models import dtype_name
+
+    fp = model_fingerprint(lm.model)
+    if fp != header.model.fingerprint:
+        hint = "replay it on the model it was recorded on (--model PATH if it moved)"
+        if dtype_name(lm.dtype) != header.dtype:
+            hint = f"the journal was recorded in {header.dtype}, the model is loaded in {dtype_name(lm.dtype)}: use --dtype {header.dtype}"
+        raise BaseModelMismatchError(
+            f"{journal_path} was recorded on base model {header.model.name!r} with fingerprint "
+            f"{header.model.fingerprint}, but {lm.name!r} has fingerprint {fp}",
+            hint=hint,
+        )
+    return fp
+
+
+def load_for(header: JournalHeader, journal_path, model: str | None = None, device: str | None = None,
+             dtype: str | None = None):
+    """Load the journal's base model (or ``model`` instead) in the journal's dtype, and check it."""
+    from kedit.editing import load_model
+    from kedit.errors import ModelNotFoundError
+
+    name = model or header.model.name
+    try:
+        lm = load_model(name, device=pick_device_for(header.device, device), dtype=dtype or header.dtype)
+    except ModelNotFoundError:
+        if model is None and name != header.model.path:
+            lm = load_model(header.model.path, device=pick_device_for(header.device, device), dtype=dtype or header.dtype)
+        else:
+            raise
+    if lm.model.config.model_type != header.model.model_type:
+        raise BaseModelMismatchError(
+            f"{journal_path} was recorded on a {header.model.model_type} model "
+            f"(fingerprint {header.model.fingerprint}), {name!r} is a {lm.model.config.model_type}",
+            hint="replay it on the model it was recorded on (--model PATH)",
+        )
+    check_base(lm, header, journal_path)
+    return lm
+
+
+def check_layers(layers, num_layers: int) -> None:
+    bad = [l for l in layers if not 0 <= l < num_layers]
+    if bad:
+        raise UsageError(f"layer(s) {bad} do not exist: the model has layers 0..{num_layers - 1}")
