@@ -1,1 +1,39 @@
-"""Commands registered on ``kedit.cli.app`` (filled in by its issue)."""
+"""``kedit tui``: open the Textual app over a session (textual is imported only when it runs)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from kedit.cli import app
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None or not text.strip():
+        return None
+    from kedit.errors import UsageError
+
+    try:
+        return tuple(int(x) for x in text.replace(" ", ",").split(",") if x)
+    except ValueError:
+        raise UsageError(f"--layers takes layer numbers like 4 or 4,5,6; got {text!r}") from None
+
+
+@app.command("tui")
+def tui(
+    session: str = typer.Argument("default", help="Session name (under ./sessions) or folder; created when new."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for a new session: 'default', a folder or a hub id."),
+    method: Optional[str] = typer.Option(None, "--method", help="emmet, memit or rome for the next commits."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Layer(s) to edit, e.g. 4 or 4,5,6."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: auto)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (default: auto)."),
+    query_quant: str = typer.Option("none", "--query-quant", help="Quantise the query copy: none, int8 or nf4."),
+) -> None:
+    """Open the interactive editor: fact queue, live query and edit log over a session."""
+    from kedit.tui.app import KeditApp
+
+    KeditApp(
+        target=session, model=model, method=method, layers=parse_layers(layers), device=device, dtype=dtype,
+        query_quant=query_quant,
+    ).run()

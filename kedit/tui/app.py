@@ -1,0 +1,508 @@
+"""The kedit TUI: a Textual app over one session (ring 3: it shows, the session does).
+
+Three panes — the fact queue, the live query and the edit log — with a status line on top and
+the bindings in the footer. Everything that touches the model (loading, queries, commits, undo,
+export) runs in a thread worker (``@work(thread=True, exclusive=True)``) that posts a message
+from ``kedit.tui.messages`` back; a worker's exception becomes a notification, never a crash.
+Esc during a commit sets the commit's ``should_stop`` flag: the session stops before any weight
+changes and nothing is written.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Footer, Input
+
+from kedit.errors import EditCancelled, KeditError, UsageError
+from kedit.tui import journal_view as jv
+from kedit.tui.commands import KeditCommands
+from kedit.tui.log_pane import LogPane
+from kedit.tui.messages import (
+    CommitCancelled,
+    CommitFinished,
+    CommitProgressed,
+    ExportFinished,
+    QueryAnswered,
+    QueueChanged,
+    SessionReady,
+    UndoFinished,
+    WorkFailed,
+)
+from kedit.tui.progress import CommitProgress
+from kedit.tui.query_pane import QueryPane
+from kedit.tui.queue_pane import QueuePane
+from kedit.tui.screens import AskScreen, ChooseScreen, ConfirmScreen, EntryScreen, HelpScreen
+from kedit.tui.status import StatusLine
+
+METHOD_CHOICES = [
+    ("emmet", "emmet — batched, equality-constrained (one layer)"),
+    ("memit", "memit — batched, least squares (one or more layers)"),
+    ("rome", "rome — one fact after another (one layer)"),
+]
+
+
+def error_text(exc: BaseException) -> str:
+    if isinstance(exc, KeditError):
+        return f"{exc}\nhint: {exc.hint}" if exc.hint else str(exc)
+    return f"{type(exc).__name__}: {exc} (this is a bug in kedit)"
+
+
+class KeditApp(App):
+    """``KeditApp(session=s)`` over an open session, or ``KeditApp(target="demo", model=...)``
+    to open (or create) one in a loading worker."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "kedit"
+    COMMANDS = App.COMMANDS | {KeditCommands}
+    BINDINGS = [
+        Binding("ctrl+s", "commit", "Commit", id="commit", priority=True),
+        Binding("escape", "cancel_commit", "Cancel commit", id="cancel", priority=True),
+        Binding("ctrl+z", "undo", "Undo", id="undo", priority=True),
+        Binding("ctrl+o", "load_facts", "Load facts", id="load"),
+        Binding("f1", "help", "Help", id="help"),
+        Binding("f2", "focus_pane('queue')", "Queue", id="focus.queue", show=False),
+        Binding("f3", "focus_pane('query')", "Query", id="focus.query", show=False),
+        Binding("f4", "focus_pane('log')", "Log", id="focus.log", show=False),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        session=None,
+        *,
+        target: str | None = None,
+        model: str | None = None,
+        method: str | None = None,
+        layers: tuple[int, ...] | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        query_quant: str = "none",
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self.target = target
+        self.open_args = {"model": model, "method": method, "layers": layers, "device": device,
+                          "dtype": dtype, "query_quant": query_quant}
+        self.loading_session = session is None
+        self.committing = False
+        self.last_prompt: str | None = None
+        self.query_seq = 0
+        self._stop: threading.Event | None = None
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        with Horizontal(id="top"):
+            yield QueuePane(id="queue")
+            yield QueryPane(id="query")
+        yield LogPane(id="log")
+        yield CommitProgress(id="progress")
+        yield Footer()
+
+    @property
+    def queue_pane(self) -> QueuePane:
+        return self.query_one(QueuePane)
+
+    @property
+    def query_pane(self) -> QueryPane:
+        return self.query_one(QueryPane)
+
+    @property
+    def log_pane(self) -> LogPane:
+        return self.query_one(LogPane)
+
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    @property
+    def progress_view(self) -> CommitProgress:
+        return self.query_one(CommitProgress)
+
+    def on_mount(self) -> None:
+        self.progress_view.display = False
+        self.query_one("#subject", Input).focus()
+        if self.session is not None:
+            self._session_ready(self.session)
+        else:
+            self._start_loading(self.target or "default")
+
+    # -- loading a session --------------------------------------------------------------------
+
+    def _start_loading(self, target: str) -> None:
+        self.loading_session = True
+        self.status.show_loading(f"{target} (model {self.open_args.get('model') or 'from the session'})…")
+        for pane in (self.query_pane, self.log_pane):
+            pane.loading = True
+        self._load_worker(target, dict(self.open_args))
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def _load_worker(self, target: str, kwargs: dict) -> None:
+        from kedit.session import Session
+
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            session = Session.open_or_create(target, **kwargs)
+            method, layers = kwargs.get("method"), kwargs.get("layers")
+            if (method and method != session.method) or (layers and tuple(layers) != session.layers):
+                session.set_method(method or session.method, layers)  # an existing session: switch
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a message
+            self.post_message(WorkFailed("load", exc))
+        else:
+            self.post_message(SessionReady(session))
+
+    def on_session_ready(self, message: SessionReady) -> None:
+        self._session_ready(message.session)
+
+    def _session_ready(self, session) -> None:
+        self.session = session
+        self.loading_session = False
+        for pane in (self.query_pane, self.log_pane):
+            pane.loading = False
+        self.queue_pane.set_session(session)
+        self.refresh_journal()
+        self.sub_title = session.name
+
+    def refresh_journal(self) -> None:
+        self.log_pane.set_entries(self.session.entries())
+        self.status.show_session(self.session, "committing" if self.committing else "ready")
+
+    @property
+    def busy(self) -> str | None:
+        """Why the session cannot take a new action right now, or ``None``."""
+        if self.session is None or self.loading_session:
+            return "the session is still loading"
+        if self.committing:
+            return "a commit is running (Esc cancels it)"
+        return None
+
+    # -- bindings -----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        on_main = len(self.screen_stack) == 1
+        if action == "cancel_commit":
+            return self.committing and on_main  # otherwise Esc goes to the focused widget
+        if action in ("commit", "undo"):
+            return on_main  # priority bindings must not fire under a modal
+        return True
+
+    def action_focus_pane(self, pane: str) -> None:
+        target = {"queue": "#subject", "query": "#query-input", "log": "#log-table"}[pane]
+        self.query_one(target).focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    def change_queue(self, kind: str, label: str, change) -> None:
+        """Run ``change(session)`` (add/replace/remove/...) off the UI thread: the session's lock
+        may be held by a running query for a moment, and the UI must not wait for it."""
+        self._queue_worker(kind, label, change)
+
+    @work(thread=True, group="queue", exit_on_error=False)
+    def _queue_worker(self, kind: str, label: str, change) -> None:
+        try:
+            change(self.session)
+        except BaseException as exc:  # noqa: BLE001
+            self.post_message(QueueChanged(kind, label, exc))
+        else:
+            self.post_message(QueueChanged(kind, label))
+
+    def on_queue_changed(self, message: QueueChanged) -> None:
+        self.queue_pane.change_done(message.kind, message.label, message.error)
+        if message.error is not None:
+            if not (message.kind in ("add", "replace") and isinstance(message.error, KeditError)):
+                self.notify(error_text(message.error), title=f"queue {message.kind} failed", severity="error")
+            return
+        if message.kind == "remove":
+            self.notify(f"removed {message.label}", timeout=3)
+        elif message.kind in ("load", "clear"):
+            self.notify(message.label, timeout=4)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    @on(QueryPane.Asked)
+    def _asked(self, message: QueryPane.Asked) -> None:
+        self.run_query(message.prompt)
+
+    def run_query(self, prompt: str) -> None:
+        """Ask the model ``prompt`` in the ``query`` worker (cancelling a running query)."""
+        if self.session is None:
+            self.notify("the model is still loading", severity="warning")
+            return
+        self.last_prompt = prompt
+        self.query_seq += 1
+        self.query_pane.show_running(prompt)
+        self._query_worker(self.query_seq, prompt)
+
+    @work(thread=True, exclusive=True, group="query", exit_on_error=False)
+    def _query_worker(self, seq: int, prompt: str) -> None:
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        t = time.perf_counter()
+        try:
+            result = self.session.query(prompt, top_k=5)
+        except BaseException as exc:  # noqa: BLE001
+            if not worker.is_cancelled:
+                self.post_message(WorkFailed("query", exc))
+            return
+        if not worker.is_cancelled:
+            self.post_message(QueryAnswered(seq, result, time.perf_counter() - t))
+
+    def on_query_answered(self, message: QueryAnswered) -> None:
+        if message.seq != self.query_seq:
+            return  # a newer query replaced this one
+        self.query_pane.show_result(message.result, message.seconds)
+
+    # -- commit -------------------------------------------------------------------------------
+
+    def action_commit(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+        n = len(self.session.queue)
+        if n == 0:
+            self.notify("the queue is empty: add a fact first", severity="warning")
+            return
+        self.committing = True
+        self._stop = threading.Event()
+        self.progress_view.start(n)
+        self.status.set_state("committing")
+        self.refresh_bindings()
+        self._commit_worker(self._stop)
+
+    @work(thread=True, exclusive=True, group="commit", exit_on_error=False)
+    def _commit_worker(self, stop: threading.Event) -> None:
+        t = time.perf_counter()
+        try:
+            entry = self.session.commit(
+                progress=lambda p: self.post_message(CommitProgressed(p)), should_stop=stop.is_set
+            )
+        except EditCancelled:
+            self.post_message(CommitCancelled())
+        except BaseException as exc:  # noqa: BLE001
+            self.post_message(WorkFailed("commit", exc))
+        else:
+            self.post_message(CommitFinished(entry, time.perf_counter() - t))
+
+    def action_cancel_commit(self) -> None:
+        if self.committing and self._stop is not None and not self._stop.is_set():
+            self._stop.set()
+            self.progress_view.cancelling()
+            self.status.set_state("cancelling")
+
+    def on_commit_progressed(self, message: CommitProgressed) -> None:
+        if self.committing:
+            self.progress_view.report(message.progress)
+
+    def _commit_over(self) -> None:
+        self.committing = False
+        self._stop = None
+        self.progress_view.stop()
+        self.queue_pane.refresh_queue()
+        self.queue_pane.validate_form()
+        self.refresh_journal()
+        self.refresh_bindings()
+
+    def on_commit_finished(self, message: CommitFinished) -> None:
+        self._commit_over()
+        entry = message.entry
+        self.notify(
+            f"committed {jv.n_facts(entry)} fact(s) in {message.seconds:.1f}s · efficacy {jv.efficacy(entry)}",
+            title=f"commit {jv.number(entry)}",
+            timeout=6,
+        )
+        prompt = self.last_prompt or jv.first_prompt(entry)
+        if prompt:
+            self.query_one("#query-input", Input).value = prompt
+            self.run_query(prompt)
+
+    def on_commit_cancelled(self, message: CommitCancelled) -> None:
+        self._commit_over()
+        self.notify("commit cancelled: no weight changed, the facts stay queued", severity="warning")
+
+    # -- undo ---------------------------------------------------------------------------------
+
+    def action_undo(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+        active = list(self.session.active_commits())
+        if not active:
+            self.notify("nothing to undo", severity="warning")
+            return
+        last = active[-1]
+        detail = "\n".join(f"• {line}" for line in jv.fact_lines(last))
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.status.set_state("undoing")
+                self._undo_worker()
+
+        self.push_screen(ConfirmScreen(f"Undo commit {jv.number(last)}?", detail), answer)
+
+    @work(thread=True, exclusive=True, group="commit", exit_on_error=False)
+    def _undo_worker(self) -> None:
+        try:
+            entry = self.session.undo()
+        except BaseException as exc:  # noqa: BLE001
+            self.post_message(WorkFailed("undo", exc))
+        else:
+            self.post_message(UndoFinished(entry))
+
+    def on_undo_finished(self, message: UndoFinished) -> None:
+        self.refresh_journal()
+        self.notify(f"undid commit {jv.undone_number(message.entry)}", timeout=4)
+        if self.last_prompt:
+            self.run_query(self.last_prompt)
+
+    # -- log ----------------------------------------------------------------------------------
+
+    @on(LogPane.Opened)
+    def _open_entry(self, message: LogPane.Opened) -> None:
+        self.push_screen(EntryScreen(message.entry, jv.undone_ids(self.log_pane.entries)))
+
+    # -- palette actions ----------------------------------------------------------------------
+
+    def action_export(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+        default = str(Path("exports") / self.session.name)
+
+        def go(folder: str | None) -> None:
+            if folder:
+                self.status.set_state("exporting")
+                self._export_worker(Path(folder).expanduser())
+
+        self.push_screen(AskScreen("Export", "Folder for the edited Hugging Face checkpoint:", default), go)
+
+    @work(thread=True, exclusive=True, group="export", exit_on_error=False)
+    def _export_worker(self, folder: Path) -> None:
+        try:
+            path = self.session.export(folder)
+        except BaseException as exc:  # noqa: BLE001
+            self.post_message(WorkFailed("export", exc))
+        else:
+            self.post_message(ExportFinished(Path(path)))
+
+    def on_export_finished(self, message: ExportFinished) -> None:
+        self.status.set_state("ready")
+        self.notify(f"exported to {message.path}", title="export", timeout=8)
+
+    def action_change_method(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+
+        def go(method: str | None) -> None:
+            if method:
+                layers = self.session.hparams.layers if method == "memit" else None
+                self._set_method(method, layers)
+
+        self.push_screen(ChooseScreen("Method", METHOD_CHOICES, self.session.hparams.method), go)
+
+    def action_change_layers(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+        now = ",".join(str(l) for l in self.session.hparams.layers)
+
+        def go(text: str | None) -> None:
+            if not text:
+                return
+            try:
+                layers = tuple(int(x) for x in text.replace(" ", ",").split(",") if x)
+            except ValueError:
+                self.notify(f"layers must be numbers like 4 or 4,5,6; got {text!r}", severity="error")
+                return
+            self._set_method(self.session.hparams.method, layers)
+
+        self.push_screen(AskScreen("Layers", "Layer(s) the next commits edit, e.g. 4 or 4,5,6:", now), go)
+
+    def _set_method(self, method: str, layers) -> None:
+        try:
+            self.session.set_method(method, layers)
+        except KeditError as exc:
+            self.notify(error_text(exc), title="settings", severity="error", timeout=8)
+            return
+        self.status.show_session(self.session)
+        hp = self.session.hparams
+        self.notify(f"next commits: {hp.method} on layer(s) {','.join(map(str, hp.layers))}", timeout=4)
+
+    def action_open_session(self) -> None:
+        if self.committing:
+            self.notify(self.busy, severity="warning")
+            return
+
+        def go(target: str | None) -> None:
+            if target:
+                self.open_args["model"] = None  # an existing session knows its model
+                self.query_seq += 1  # drop answers of the old session
+                self._start_loading(target)
+
+        self.push_screen(AskScreen("Open session", "Session name or folder (created when new):"), go)
+
+    def action_load_facts(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+
+        def go(path: str | None) -> None:
+            if not path:
+                return
+            from kedit.session.factfile import read_facts
+
+            try:
+                facts = read_facts(Path(path).expanduser())
+            except KeditError as exc:
+                self.notify(error_text(exc), title="load facts", severity="error", timeout=10)
+                return
+            self.change_queue("load", f"queued {len(facts)} fact(s) from {path}", lambda s: s.add_many(facts))
+
+        self.push_screen(AskScreen("Load facts", "A .jsonl or .csv file of facts (subject, prompt, target):"), go)
+
+    def action_clear_queue(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+        n = len(self.session.queue)
+        if not n:
+            self.notify("the queue is already empty")
+            return
+
+        def go(yes: bool | None) -> None:
+            if yes:
+                self.change_queue("clear", f"dropped {n} queued fact(s)", lambda s: s.clear_queue())
+
+        self.push_screen(ConfirmScreen(f"Drop the {n} queued fact(s)?"), go)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        if message.action == "commit":
+            self._commit_over()
+        elif message.action == "load":
+            for pane in (self.query_pane, self.log_pane):
+                pane.loading = False
+            self.loading_session = self.session is None
+            if self.session is None:
+                self.status.show_loading("failed — Ctrl+P ‘Open another session’ or Ctrl+Q")
+                self.status.set_state("failed")
+            else:
+                self.status.show_session(self.session)
+        elif message.action == "query":
+            self.query_pane.show_failed()
+        elif self.session is not None:
+            self.status.show_session(self.session)
+        self.notify(error_text(message.error), title=f"{message.action} failed", severity="error", timeout=12)

@@ -1,0 +1,58 @@
+"""The status line: session, model, device, dtype, method, layers, edits so far, and state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.widgets import Static
+
+
+def _short_model(name: str) -> str:
+    # a local folder shows as its last part; hub ids and "default" as they are
+    p = Path(name)
+    return p.name if (p.is_absolute() or name.startswith(".")) and p.name else name
+
+
+class StatusLine(Static):
+    """One line docked at the top."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.state = "loading"
+        self.fields: dict[str, str] = {}
+
+    def show_loading(self, what: str) -> None:
+        self.state = "loading"
+        self.fields = {"loading": what}
+        self._redraw()
+
+    def show_session(self, session, state: str = "ready") -> None:
+        lm, hp = session.lm, session.hparams
+        self.state = state
+        edits = sum(len(c.facts) for c in session.active_commits())
+        self.fields = {
+            "": session.name,
+            "model": _short_model(lm.name),
+            "on": f"{lm.device} {str(lm.dtype).removeprefix('torch.')}",
+            "method": f"{hp.method} L{','.join(str(l) for l in hp.layers)}",
+            "edits": str(edits),
+        }
+        self._redraw()
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self._redraw()
+
+    def _redraw(self) -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(" kedit ", style="bold reverse")
+        for k, v in self.fields.items():
+            t.append(f" {k} " if k else " ", style="dim")
+            t.append(v, style="bold")
+        style = {"ready": "green", "loading": "yellow", "committing": "magenta", "failed": "red"}.get(
+            self.state.split()[0], "cyan"
+        )
+        t.append("  ● ", style=style)
+        t.append(self.state, style=style)
+        self.update(t)
