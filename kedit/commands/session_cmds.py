@@ -1,1 +1,497 @@
-"""Commands registered on ``kedit.cli.app`` (filled in by its issue)."""
+"""Session commands: add, queue, commit, undo, query, log, replay, export, repair.
+
+Machine output (``--json``) goes to stdout, progress and diagnostics to stderr. ``add``,
+``queue``, ``log`` and ``repair`` work on the session folder alone and never import torch.
+Exit codes are those of ``kedit.cli`` (0 ok · 2 bad input · 3 environment · 4 edit refused ·
+5 session/journal problem · 130 cancelled).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kedit.cli import app
+from kedit.errors import SessionError, UsageError
+
+SessionArg = Annotated[str, typer.Argument(help="Session name (→ sessions/NAME/) or folder path.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model: 'default', a local folder or a hub id.")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", help="emmet | memit | rome (for the next commits).")]
+LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Edit layers, e.g. '3' or '2,3,4' or '2-4'.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: the session's, else auto).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32 | bfloat16 | float16 (default: the session's, else auto).")]
+
+
+# -- output helpers -----------------------------------------------------------------------------
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _out_console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    try:
+        for part in text.replace(" ", "").split(","):
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UsageError(f"cannot read layers {text!r}", hint="write e.g. --layers 3 or --layers 2,3,4 or --layers 2-4") from None
+    return tuple(out)
+
+
+def _check_method(method: str | None) -> None:
+    if method is not None and method not in ("emmet", "memit", "rome"):
+        raise UsageError(f"unknown method {method!r}", hint="choose one of emmet, memit, rome")
+
+
+class ProgressPrinter:
+    """Edit/replay progress on stderr: a rich bar on a terminal, one plain line per update otherwise."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self._bar = None
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "ProgressPrinter":
+        if self.enabled and self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(), console=_err_console(), transient=False,
+            )
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        detail = p.detail + (f" loss {p.loss:.3f}" if p.loss is not None else "")
+        if self._bar is None:
+            print(f"{p.phase} {p.done}/{p.total} {detail}".rstrip(), file=sys.stderr, flush=True)
+            return
+        if p.phase not in self._tasks:
+            self._tasks[p.phase] = self._bar.add_task(p.phase, total=max(1, p.total), detail=detail)
+        self._bar.update(self._tasks[p.phase], completed=p.done, total=max(1, p.total), detail=detail)
+
+
+def _info(msg: str) -> None:
+    _err_console().print(msg, markup=False)
+
+
+# -- the folder-only commands (no torch) --------------------------------------------------------
+
+
+def _folder(session: str, must_exist: bool = True):
+    from kedit.session.folder import SessionFolder, resolve
+
+    folder = SessionFolder(resolve(session))
+    if must_exist and not folder.exists():
+        raise SessionError(f"no session at {folder.path}", hint="create one with 'kedit add SESSION --subject … --prompt … --target …'")
+    return folder
+
+
+def _last_seq(folder) -> int:
+    from kedit.session.journal import read_journal
+
+    if not folder.has_journal():
+        return 0
+    j = read_journal(folder.journal_file)
+    return j.entries[-1].seq if j.entries else 0
+
+
+def _check_model_light(model: str | None) -> None:
+    """Catch an obviously wrong --model without loading it (a folder without config.json)."""
+    from kedit.errors import ModelNotFoundError
+
+    if model in (None, "default"):
+        return
+    p = Path(model).expanduser()
+    if p.exists() and not (p / "config.json").exists():
+        raise ModelNotFoundError(f"{p} has no config.json: not a Hugging Face model folder")
+    if not p.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise ModelNotFoundError(f"no model folder at {p}", hint="pass 'default', a local folder with config.json, or a hub id")
+
+
+def _facts_json(facts) -> list[dict]:
+    return [f.to_dict() | {"text": f.text} for f in facts]
+
+
+@app.command("add")
+def add_cmd(
+    session: SessionArg,
+    subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="The subject, e.g. 'Eiffel Tower'.")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt with '{}' (or the subject) where the subject goes.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="The new object, e.g. 'London'.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Many facts: .jsonl or .csv with subject,prompt,target.")] = None,
+    model: ModelOpt = None,
+    method: MethodOpt = None,
+    layers: LayersOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the context prefixes (new sessions).")] = 0,
+    corpus: Annotated[str, typer.Option("--corpus", help="Statistics corpus (new sessions): wiki-sample, a path, hf:NAME.")] = "wiki-sample",
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue facts for the next commit (creates the session if it does not exist; no model is loaded)."""
+    import dataclasses
+
+    from kedit.facts import Fact
+    from kedit.session.factfile import read_facts
+    from kedit.session.folder import Settings, with_method
+    from kedit.session.queue import QueueState, check_batch, read_queue, write_queue
+
+    one = (subject, prompt, target)
+    if file is not None and any(x is not None for x in one):
+        raise UsageError("give either --file or --subject/--prompt/--target, not both")
+    if file is not None:
+        facts = read_facts(file)
+    elif all(x is not None for x in one):
+        facts = [Fact.from_text(subject, prompt, target)]
+    else:
+        raise UsageError("a fact needs --subject, --prompt and --target", hint="or --file facts.jsonl|csv for many")
+    _check_method(method)
+    layer_tuple = _parse_layers(layers)
+    folder = _folder(session, must_exist=False)
+    created = False
+    if not folder.exists():
+        _check_model_light(model)
+        settings = Settings(model=model or "default", method=method or "emmet", layers=layer_tuple, device=device,
+                            dtype=dtype, corpus=corpus, seed=seed)
+        queue = check_batch((), facts)  # validate before creating anything
+        folder.create(settings)
+        created = True
+        state = QueueState(queue, 0)
+    else:
+        settings = folder.read_settings()
+        if model is not None and model != settings.model:
+            raise UsageError(f"session {folder.path} uses model {settings.model!r}, not {model!r}",
+                             hint="start a new session for another model")
+        if method is not None or layer_tuple is not None:
+            settings = dataclasses.replace(with_method(settings, method or settings.method, layer_tuple), hparams=None)
+        old = read_queue(folder.queue_file)
+        state = QueueState(check_batch(old.facts, facts), _last_seq(folder))
+        if method is not None or layer_tuple is not None:
+            folder.write_settings(settings)
+    write_queue(folder.queue_file, state)
+    if as_json:
+        _emit_json({"session": str(folder.path), "created": created, "added": len(facts), "queue": _facts_json(state.facts)})
+    else:
+        _info(f"{'created session ' + str(folder.path) + '; ' if created else ''}queued {len(facts)} fact"
+              f"{'s' if len(facts) != 1 else ''}; {len(state.facts)} waiting for 'kedit commit {session}'")
+
+
+@app.command("queue")
+def queue_cmd(
+    session: SessionArg,
+    remove: Annotated[Optional[int], typer.Option("--remove", help="Remove queued fact number N (from 1).")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Empty the queue.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the facts waiting for the next commit (or remove some)."""
+    from kedit.session.queue import QueueState, read_queue, write_queue
+
+    folder = _folder(session)
+    state = read_queue(folder.queue_file)
+    if remove is not None or clear:
+        facts = list(state.facts)
+        if clear:
+            facts = []
+        else:
+            if not 1 <= remove <= len(facts):
+                raise UsageError(f"no queued fact number {remove} (the queue holds {len(facts)})", hint="'kedit queue SESSION' lists them")
+            facts.pop(remove - 1)
+        state = QueueState(tuple(facts), _last_seq(folder))
+        write_queue(folder.queue_file, state)
+    if as_json:
+        _emit_json({"session": str(folder.path), "queue": _facts_json(state.facts)})
+        return
+    if not state.facts:
+        _info(f"the queue of {folder.path} is empty")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"queue of {folder.name}", title_justify="left")
+    for col in ("#", "subject", "prompt", "target"):
+        t.add_column(col)
+    for i, f in enumerate(state.facts, 1):
+        t.add_row(str(i), f.subject, f.text, f.target)
+    _out_console().print(t)
+
+
+@app.command("log")
+def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
+    """The session's history: base model, every commit and undo, the queue (no model is loaded)."""
+    from kedit.session.journal import CommitEntry, read_journal
+    from kedit.session.queue import read_queue
+
+    folder = _folder(session)
+    queue = read_queue(folder.queue_file).facts
+    if not folder.has_journal():
+        s = folder.read_settings()
+        if as_json:
+            _emit_json({"session": str(folder.path), "header": None, "settings": s.to_dict(), "entries": [],
+                        "active": [], "queue": _facts_json(queue)})
+        else:
+            _info(f"{folder.path}: no commit yet (model {s.model!r} not loaded so far); {len(queue)} queued fact(s)")
+        return
+    j = read_journal(folder.journal_file)
+    active = {c.seq for c in j.active_commits()}
+    if as_json:
+        _emit_json({"session": str(folder.path), "header": j.header.to_dict(), "entries": [e.to_dict() for e in j.entries],
+                    "active": sorted(active), "fingerprint": j.fingerprint, "queue": _facts_json(queue)})
+        return
+    from rich.table import Table
+
+    h = j.header
+    out = _out_console()
+    out.print(f"session {folder.path}\nbase {h.model.name} ({h.model.fingerprint}) {h.dtype} on {h.device}; "
+              f"kedit {h.kedit_version}; seed {h.seed}; corpus {h.corpus}")
+    t = Table(title_justify="left")
+    for col in ("#", "when", "what", "method", "layers", "efficacy", "time"):
+        t.add_column(col)
+    for e in j.entries:
+        if isinstance(e, CommitEntry):
+            what = "; ".join(f"{f.text} → {f.target}" for f in e.facts)
+            state = "" if e.seq in active else " [undone]"
+            eff = f"{sum(s.argmax for s in e.efficacy)}/{len(e.efficacy)} argmax"
+            t.add_row(str(e.seq), e.time, what + state, e.method, ",".join(map(str, e.layers)), eff,
+                      f"{e.timings.get('total', 0):.1f}s")
+        else:
+            t.add_row(str(e.seq), e.time, f"undo of #{e.undoes}", "", "", "", "")
+    out.print(t)
+    out.print(f"{len(active)} active commit(s); fingerprint {j.fingerprint}; {len(queue)} queued fact(s)")
+
+
+@app.command("repair")
+def repair_cmd(
+    session: SessionArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drop a torn last journal line left by a crash (the batch it described is lost)."""
+    from kedit.errors import CorruptJournalError
+    from kedit.session.journal import read_journal, truncate_torn_line
+
+    folder = _folder(session)
+    try:
+        read_journal(folder.journal_file)
+        intact = True
+    except CorruptJournalError:
+        intact = False
+    if intact:
+        if as_json:
+            _emit_json({"session": str(folder.path), "repaired": False})
+        else:
+            _info(f"{folder.journal_file} is intact; nothing to repair")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("repair drops the torn last journal line", hint="pass --yes to confirm")
+        typer.confirm(f"drop the torn last line of {folder.journal_file}?", abort=True, err=True)
+    dropped = truncate_torn_line(folder.journal_file)
+    read_journal(folder.journal_file)  # the rest must now read cleanly
+    if as_json:
+        _emit_json({"session": str(folder.path), "repaired": True, "dropped": dropped})
+    else:
+        _info(f"dropped the torn last line of {folder.journal_file} ({len(dropped or '')} bytes)")
+
+
+# -- the commands that load the model -----------------------------------------------------------
+
+
+def _open(session: str, device: str | None, dtype: str | None, quiet: bool = False):
+    from kedit.session import Session
+
+    t = time.perf_counter()
+    folder = _folder(session)
+    if not quiet:
+        _info(f"loading {folder.path.name} …")
+    s = Session.open(folder.path, device=device, dtype=dtype)
+    if not quiet:
+        _info(f"loaded {s.header.model.name} ({s.header.dtype}, {len(s.active_commits())} active commit(s)) "
+              f"in {time.perf_counter() - t:.1f}s")
+    return s
+
+
+@app.command("commit")
+def commit_cmd(
+    session: SessionArg,
+    method: MethodOpt = None,
+    layers: LayersOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Edit the queued facts into the model as one batch and record it in the journal."""
+    _check_method(method)
+    layer_tuple = _parse_layers(layers)
+    s = _open(session, device, dtype, quiet=False)
+    if method is not None or layer_tuple is not None:
+        s.set_method(method or s.method, layer_tuple)
+    n = len(s.queue)
+    if n == 0:
+        raise UsageError(f"the queue of {s.path} is empty: nothing to commit", hint=f"add facts first: kedit add {session} …")
+    _info(f"committing {n} fact(s) with {s.method} on layer(s) {','.join(map(str, s.layers))} …")
+    with ProgressPrinter() as progress:
+        entry = s.commit(progress=progress)
+    if as_json:
+        _emit_json({"session": str(s.path), "commit": entry.to_dict()})
+        return
+    out = _out_console()
+    out.print(f"commit #{entry.seq}: {len(entry.facts)} fact(s) in {entry.timings.get('total', 0):.1f}s "
+              f"(values {entry.timings.get('values', 0):.1f}s)")
+    for f, sc in zip(entry.facts, entry.efficacy):
+        mark = "✓" if sc.argmax else "✗"
+        out.print(f"  {mark} {f.text} → {f.target}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
+
+
+@app.command("undo")
+def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = None, as_json: JsonOpt = False) -> None:
+    """Take back the last commit (the weights return bit-identical to before it)."""
+    s = _open(session, device, dtype, quiet=as_json)
+    entry = s.undo()
+    if as_json:
+        _emit_json({"session": str(s.path), "undo": entry.to_dict()})
+    else:
+        _out_console().print(f"undid commit #{entry.undoes}; fingerprint {entry.fingerprint}")
+
+
+@app.command("query")
+def query_cmd(
+    args: Annotated[list[str], typer.Argument(help="SESSION PROMPT, or only PROMPT with --model.", show_default=False)],
+    model: ModelOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="How many next tokens to show.")] = 5,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What the model answers: a session's edited model, or a plain model with --model."""
+    if model is not None:
+        if len(args) != 1:
+            raise UsageError("with --model give only the prompt", hint='kedit query --model default "The capital of Japan is"')
+        prompt = args[0]
+        result = _query_plain(model, prompt, top_k, device, dtype)
+        where = model
+    else:
+        if len(args) != 2:
+            raise UsageError("give a session and a prompt (or --model M and a prompt)",
+                             hint='kedit query SESSION "The capital of Japan is"')
+        session, prompt = args
+        s = _open(session, device, dtype, quiet=True)
+        result = s.query(prompt, top_k=top_k)
+        where = str(s.path)
+    if as_json:
+        _emit_json({
+            "source": where, "prompt": result.prompt, "continuation": result.continuation,
+            "top": [{"token": t.token, "prob": t.prob} for t in result.top],
+            "base_continuation": result.base_continuation,
+            "base_top": [{"token": t.token, "prob": t.prob} for t in result.base_top] if result.base_top else None,
+        })
+        return
+    out = _out_console()
+    out.print(f"{result.prompt}[bold]{result.continuation}[/]", markup=True)
+    out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.top))
+    if result.base_continuation is not None:
+        out.print(f"  before the edits: {result.prompt}{result.base_continuation}", markup=False)
+        out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.base_top))
+
+
+def _query_plain(model: str, prompt: str, top_k: int, device, dtype):
+    from kedit.editing import greedy, load_model, top_k_next
+    from kedit.session.session import MAX_NEW_TOKENS, QueryResult
+
+    if not prompt.strip():
+        raise UsageError("empty prompt")
+    lm = load_model(model, device=device, dtype=dtype)
+    return QueryResult(prompt, greedy(lm.model, lm.tokenizer, prompt, MAX_NEW_TOKENS),
+                       top_k_next(lm.model, lm.tokenizer, prompt, top_k))
+
+
+@app.command("replay")
+def replay_cmd(
+    journal: Annotated[Path, typer.Argument(help="A journal.jsonl (or the session folder holding it).", show_default=False)],
+    recompute: Annotated[bool, typer.Option("--recompute", help="Re-run every batch from its facts instead of applying stored deltas.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Stop with exit code 5 at the first fingerprint that differs.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export the result as a Hugging Face checkpoint here.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="The base model, if not where the journal says.")] = None,
+    device: DeviceOpt = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Default: the journal's dtype.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild a journal's edited model headlessly (checking its fingerprints)."""
+    from kedit.session.replay import replay
+
+    with ProgressPrinter() as progress:
+        report = replay(journal, model=model, device=device, dtype=dtype, recompute=recompute, verify=verify, out=out,
+                        progress=progress)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        out_c = _out_console()
+        bad = report.mismatches
+        how = "recomputed" if recompute else "applied stored deltas for"
+        out_c.print(f"{how} {len(report.steps)} entr{'y' if len(report.steps) == 1 else 'ies'} in {report.seconds:.1f}s: "
+                    f"{report.active_commits} active commit(s), {report.facts} fact(s); fingerprint {report.fingerprint}")
+        if bad:
+            out_c.print(f"warning: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} differ from the journal's fingerprints "
+                        f"(first: #{bad[0].seq}); run with --verify to fail on it")
+        elif verify:
+            out_c.print("verified: every fingerprint matches the journal")
+        if report.out:
+            out_c.print(f"wrote {report.out}")
+
+
+@app.command("export")
+def export_cmd(
+    session: SessionArg,
+    out_dir: Annotated[Path, typer.Argument(help="A new (or empty) folder for the checkpoint.", show_default=False)],
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the edited model as a Hugging Face checkpoint (safetensors, config, tokenizer, model card, journal)."""
+    from kedit.session.export import check_target
+
+    target = out_dir.expanduser().resolve()
+    check_target(target)  # refuse before loading anything
+    s = _open(session, device, dtype, quiet=as_json)
+    t = time.perf_counter()
+    with ProgressPrinter() as progress:
+        path = s.export(target, progress=progress)
+    if as_json:
+        _emit_json({"session": str(s.path), "out": str(path), "active_commits": len(s.active_commits()),
+                    "fingerprint": s.fingerprint(), "seconds": round(time.perf_counter() - t, 3)})
+    else:
+        _out_console().print(f"exported {s.name} ({len(s.active_commits())} active commit(s)) to {path} "
+                             f"in {time.perf_counter() - t:.1f}s")

@@ -291,12 +291,12 @@ def truncate_torn_line(path: str | os.PathLike) -> str | None:
     lines = list(_lines(path))
     if len(lines) < 2:
         return None
-    n, raw, complete = lines[-1]
-    if complete and _parse(raw) is not None:
-        return None
     for m, r, _ in lines[:-1]:
         if _parse(r) is None:
             raise CorruptJournalError(f"{path}:{m}: not a valid journal line (not a torn last line; not repaired)")
+    n, raw, complete = lines[-1]
+    if complete and _parse(raw) is not None:
+        return None
     keep = sum(len(r) + 1 for _, r, _ in lines[:-1])
     with open(path, "r+b") as f:
         f.truncate(keep)
