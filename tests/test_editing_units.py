@@ -1,0 +1,261 @@
+"""Ring 1 on tiny random-init models: tokens, keys, values, statistics, deltas, adapters."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from kedit.editing import arch, tokens
+from kedit.editing.delta import Delta, apply_deltas, fingerprint
+from kedit.editing.edit import Editor
+from kedit.editing.hparams import HParams
+from kedit.editing.keys import compute_keys
+from kedit.editing.values import ValueConfig, optimize_values
+from kedit.errors import SingularSolveError, UnsupportedArchitectureError
+from kedit.facts import Fact
+
+FACTS = [
+    Fact("Eiffel Tower", "The {} is located in the city of", "London"),
+    Fact("Colosseum", "The {} stands in", "Berlin"),
+    Fact("Danielle Darrieux", "The mother tongue of {} is", "English"),
+]
+
+
+class BosTokenizer:
+    """The SmolLM2 tokenizer made to add a BOS, as Llama-3's does (only ``__call__`` differs)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.pad_token_id, self.eos_token_id = tok.pad_token_id, tok.eos_token_id
+
+    def __call__(self, text, add_special_tokens=True, **kw):
+        enc = self.tok(text, add_special_tokens=False, **kw)
+        if add_special_tokens:
+            enc["input_ids"] = [self.tok.bos_token_id] + list(enc["input_ids"])
+        return enc
+
+    def decode(self, *a, **kw):
+        return self.tok.decode(*a, **kw)
+
+
+@pytest.mark.parametrize("with_bos", [False, True])
+def test_subject_last_token_index(tokenizer, with_bos):
+    tok = BosTokenizer(tokenizer) if with_bos else tokenizer
+    for f in FACTS:
+        row = tokens.plain_row(tok, f.prompt, f.subject)
+        assert (row.input_ids[0] == tokenizer.bos_token_id) == with_bos
+        upto = tokenizer.decode(row.input_ids[: row.subject_index + 1], skip_special_tokens=True)
+        assert upto.endswith(f.subject), f"{upto!r} should end with the subject {f.subject!r}"
+        after = tokenizer.decode(row.input_ids[row.subject_index + 1 :])
+        assert not after.startswith(f.subject[-1]), "index stops before the subject's last token"
+
+
+def test_rewrite_row_teacher_forces_the_target(tokenizer):
+    f = FACTS[0]
+    row = tokens.rewrite_row(tokenizer, f.prompt, f.subject, f.target)
+    assert tokenizer.decode(list(row.target_ids)) == " London"
+    # position p predicts token p+1: the last prompt token predicts the first target token
+    for pos, tid in zip(row.target_positions, row.target_ids):
+        if pos + 1 < len(row.input_ids):
+            assert row.input_ids[pos + 1] == tid
+
+
+def test_keys_average_bare_and_prefixed(tokenizer, tiny_llama):
+    prefixes = ("Once upon a time.", "In 1999 the world.")
+    K = compute_keys(tiny_llama, tokenizer, FACTS, [1, 2], prefixes)
+    K_bare = compute_keys(tiny_llama, tokenizer, FACTS, [1], ())[1]
+    assert K[1].shape == (128, 3) and K[2].shape == (128, 3)
+    # recompute one key by hand: ½ bare + ½ mean over prefixed prompts
+    got = []
+    mod = arch.mlp_out_module(tiny_llama, 1)
+    h = mod.register_forward_hook(lambda m, i, o: got.append(i[0][0]))
+    for t in [FACTS[1].prompt] + [f"{p} {FACTS[1].prompt}" for p in prefixes]:
+        row = tokens.plain_row(tokenizer, t, FACTS[1].subject)
+        with torch.no_grad():
+            tiny_llama(torch.tensor([row.input_ids]))
+        got[-1] = got[-1][row.subject_index]
+    h.remove()
+    want = 0.5 * got[0] + 0.5 * torch.stack(got[1:]).mean(0)
+    torch.testing.assert_close(K[1][:, 1], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(K_bare[:, 1], got[0], rtol=1e-5, atol=1e-6)
+
+
+def test_batched_values_equal_one_fact_at_a_time(tokenizer):
+    model = make_tiny_llama(seed=3, dtype=torch.float64)
+    cfg = ValueConfig(steps=6, lr=0.2, early_stop=True)
+    prefixes = ("A short prefix.",)
+    batch = optimize_values(model, tokenizer, FACTS, 1, prefixes, cfg)
+    for i, f in enumerate(FACTS):
+        alone = optimize_values(model, tokenizer, [f], 1, prefixes, cfg)
+        torch.testing.assert_close(batch.delta[i], alone.delta[0], rtol=1e-7, atol=1e-9)
+        assert batch.steps[i] == alone.steps[0]
+    assert batch.delta.shape == (3, 64)
+    assert all(float(n) > 0 for n in batch.delta.norm(dim=-1)), "every fact moved"
+
+
+def test_values_respect_the_clamp(tokenizer):
+    model = make_tiny_llama(seed=4)
+    cfg = ValueConfig(steps=8, lr=5.0, clamp=0.1, early_stop=False, weight_decay=0.0)
+    vr = optimize_values(model, tokenizer, FACTS, 1, (), cfg)
+    ratio = vr.delta.norm(dim=-1) / vr.h_init.norm(dim=-1)
+    assert float(ratio.max()) <= 0.1 + 1e-5
+
+
+def test_value_optimisation_leaves_the_model_as_it_was(tokenizer):
+    model = make_tiny_llama(seed=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    blocks_before = list(arch.blocks(model))
+    optimize_values(model, tokenizer, FACTS[:1], 2, (), ValueConfig(steps=2))
+    assert list(arch.blocks(model)) == blocks_before, "blocks are restored after the restart trick"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text(
+        " ".join(
+            f"Paragraph {i} tells how the river {i % 7} flows past the town of Ames and the hills of Bree, "
+            f"where {i * 3} farmers grow barley, rye and apples every year." for i in range(120)
+        )
+    )
+    return str(f)
+
+
+def _editor(model, tok, corpus, tmp_path, method="emmet", layers=(1,), lam=0.0, steps=12):
+    hp = HParams(method=method, layers=layers, lam=lam, values=ValueConfig(steps=steps, lr=0.5),
+                 stats_tokens=1500, stats_seq_len=64)
+    return Editor(model, tok, hp, ("A prefix.",), "tiny", corpus=corpus, cache_dir=tmp_path / "cache")
+
+
+def test_edit_constraints_hold_on_the_model(tokenizer, text_corpus, tmp_path):
+    model = make_tiny_llama(seed=6, dtype=torch.float64)
+    ed = _editor(model, tokenizer, text_corpus, tmp_path)
+    w0 = arch.weight_view(model, 1).detach().clone()
+    res = ed.edit(FACTS)
+    assert torch.equal(arch.weight_view(model, 1), w0), "Editor.edit never changes the weights"
+    (d,) = res.deltas
+    assert d.rank == 3 and d.module == "model.layers.1.mlp.down_proj"
+    K = compute_keys(model, tokenizer, FACTS, [1], ed.prefixes)[1].double()  # (d_in, E)
+    apply_deltas(model, [d])
+    W = arch.weight_view(model, 1).detach()
+    R = W @ K - w0 @ K  # what the edit added at the keys
+    vr_delta = (W - w0) @ K
+    torch.testing.assert_close(R, vr_delta)
+    # ŴK = W0K + δ for every fact (the value the optimisation asked for)
+    res2 = optimize_values(make_tiny_llama(seed=6, dtype=torch.float64), tokenizer, FACTS, 1, ed.prefixes, ed.hparams.values)
+    rel = ((R - res2.delta.T.double()).norm(dim=0) / res2.delta.T.double().norm(dim=0)).max()
+    assert rel < 1e-4, f"Ŵk_i = v_i violated: relative error {rel:.2e}"
+
+
+def test_edits_are_deterministic(tokenizer, text_corpus, tmp_path):
+    model = make_tiny_llama(seed=7)
+    a = _editor(model, tokenizer, text_corpus, tmp_path).edit(FACTS)
+    b = _editor(model, tokenizer, text_corpus, tmp_path).edit(FACTS)  # C0 now from the disk cache
+    for x, y in zip(a.deltas, b.deltas):
+        assert torch.equal(x.U, y.U) and torch.equal(x.V, y.V)
+
+
+def test_same_key_in_one_emmet_batch_is_refused_and_weights_untouched(tokenizer, text_corpus, tmp_path):
+    """Keys only see text up to the subject: these two facts share a key, so EMMET is singular."""
+    model = make_tiny_llama(seed=8)
+    facts = [Fact("Eiffel Tower", "The {} is located in", "Rome"), Fact("Eiffel Tower", "The {} was built by", "Gustave")]
+    before = fingerprint(model, [1])
+    with pytest.raises(SingularSolveError) as err:
+        _editor(model, tokenizer, text_corpus, tmp_path, steps=2).edit(facts)
+    assert "The Eiffel Tower is located in → Rome" in str(err.value)
+    assert "The Eiffel Tower was built by → Gustave" in str(err.value)
+    assert fingerprint(model, [1]) == before
+    # MEMIT's ridge handles the same batch
+    res = _editor(model, tokenizer, text_corpus, tmp_path, method="memit", lam=1.0, steps=2).edit(facts)
+    assert all(torch.isfinite(d.U).all() for d in res.deltas)
+
+
+def test_multi_layer_memit_spreads_the_residual(tokenizer, text_corpus, tmp_path):
+    model = make_tiny_llama(seed=9, dtype=torch.float64)
+    ed = _editor(model, tokenizer, text_corpus, tmp_path, method="memit", layers=(1, 2), lam=0.01, steps=10)
+    res = ed.edit(FACTS)
+    assert [d.layer for d in res.deltas] == [1, 2]
+    assert all(d.rank == 3 for d in res.deltas)
+    norms = [d.norm() for d in res.deltas]
+    assert all(n > 0 for n in norms)
+    # With the residual split over two layers, the first layer takes about half of it.
+    w = [arch.weight_param(model, l).detach().clone() for l in (1, 2)]
+    apply_deltas(model, list(res.deltas))
+    assert not torch.equal(arch.weight_param(model, 1), w[0]) and not torch.equal(arch.weight_param(model, 2), w[1])
+
+
+def test_rome_edits_facts_one_after_another(tokenizer, text_corpus, tmp_path):
+    model = make_tiny_llama(seed=10)
+    res = _editor(model, tokenizer, text_corpus, tmp_path, method="rome", steps=3).edit(FACTS[:2])
+    assert res.deltas[0].rank == 2 and len(res.value_steps) == 2
+
+
+def test_apply_refuses_non_finite_and_changes_nothing(tiny_llama):
+    d_out, d_in = arch.dims(tiny_llama, 0)
+    good = Delta(0, "model.layers.0.mlp.down_proj", torch.ones(d_out, 1), torch.ones(d_in, 1))
+    bad = Delta(1, "model.layers.1.mlp.down_proj", torch.full((d_out, 1), float("inf")), torch.ones(d_in, 1))
+    before = fingerprint(tiny_llama, [0, 1])
+    with pytest.raises(SingularSolveError, match="not finite"):
+        apply_deltas(tiny_llama, [good, bad])
+    assert fingerprint(tiny_llama, [0, 1]) == before, "no delta is applied when one is bad"
+
+
+def _tiny(family):
+    import transformers as tf
+
+    small = dict(vocab_size=49152)
+    if family == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=128, **small))
+    if family == "gptj":
+        return tf.GPTJForCausalLM(tf.GPTJConfig(n_embd=32, n_layer=3, n_head=4, rotary_dim=4, n_positions=128, **small))
+    cfgs = {
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+    }
+    cfg_cls, model_cls = cfgs[family]
+    cfg = cfg_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, max_position_embeddings=128, **small)
+    return model_cls(cfg)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gpt2", "gptj"])
+def test_every_family_edits(family, tokenizer, text_corpus, tmp_path):
+    torch.manual_seed(0)
+    model = _tiny(family).eval().double()
+    d_out, d_in = arch.dims(model, 1)
+    assert (d_out, d_in) == (32, model.config.to_dict().get("n_inner") or 4 * 32 if family in ("gpt2", "gptj") else 64)
+    ed = _editor(model, tokenizer, text_corpus, tmp_path, steps=4)
+    res = ed.edit(FACTS[:2])
+    K = compute_keys(model, tokenizer, FACTS[:2], [1], ed.prefixes)[1].double()
+    w0 = arch.weight_view(model, 1).detach().clone()
+    apply_deltas(model, list(res.deltas))
+    got = (arch.weight_view(model, 1).detach() - w0) @ K  # (d_out, E)
+    want = res.deltas[0].dense().double() @ K
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    vr = optimize_values(model, tokenizer, FACTS[:2], 1, ed.prefixes, dataclasses.replace(ed.hparams.values, steps=0))
+    assert vr.delta.abs().sum() == 0  # zero steps, zero shift: the restart trick works for this family
+
+
+def test_unknown_architecture_is_named(tiny_llama):
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        arch.weight_view(bert, 0)
+    assert "'bert'" in str(err.value) and "llama" in err.value.hint and "gpt2" in err.value.hint
+    with pytest.raises(UnsupportedArchitectureError, match="layer 9 does not exist"):
+        arch.weight_view(tiny_llama, 9)
+
+
+def test_importing_the_engine_does_not_import_the_ui():
+    code = "import sys, kedit.editing, kedit.facts; bad = [m for m in ('textual', 'typer') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
