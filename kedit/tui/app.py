@@ -58,7 +58,7 @@ class KeditApp(App):
     """``KeditApp(session=s)`` over an open session, or ``KeditApp(target="demo", model=...)``
     to open (or create) one in a loading worker."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "kedit"
     COMMANDS = App.COMMANDS | {KeditCommands}
     BINDINGS = [

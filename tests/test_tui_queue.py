@@ -1,0 +1,143 @@
+"""The fact queue pane on a tiny-model session: typing, inline validation, edit, delete, load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kedit.facts import Fact
+from kedit.tui.messages import QueueChanged
+from tui_support import RecordingApp, tiny_session, type_into, wait_until
+
+
+@pytest.fixture(scope="module")
+def shared_session(tmp_path_factory, tokenizer):
+    return tiny_session(tmp_path_factory.mktemp("tui-queue") / "tiny", tokenizer)
+
+
+@pytest.fixture
+def session(shared_session):
+    """The module's tiny session with an empty queue (the queue is all these tests touch)."""
+    shared_session.clear_queue()
+    yield shared_session
+    shared_session.clear_queue()
+
+
+def message_text(app) -> str:
+    return str(app.query_one("#fact-message").render())
+
+
+async def test_type_a_fact_and_see_it_queued(session):
+    seen = []
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        assert app.focused.id == "subject"
+        await pilot.press(*"Eiffel Tower", "enter")
+        assert app.focused.id == "prompt"  # Enter walks the form while the fact is incomplete
+        await pilot.press(*"The Eiffel Tower is located in the city of", "enter")
+        assert app.focused.id == "target"
+        assert "target is empty" in message_text(app)
+        await pilot.press(*"London")
+        assert "Enter to queue: The {} is located in the city of → London" in message_text(app)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any(isinstance(m, QueueChanged) for m in seen), what="the queue change")
+        assert session.queue == (Fact("Eiffel Tower", "The {} is located in the city of", "London"),)
+        table = app.query_one("#queue-table")
+        assert table.row_count == 1
+        assert list(table.get_row_at(0)) == ["1", "Eiffel Tower", "London", "The {} is located in the city of"]
+        assert app.queue_pane.form_values() == ("", "", "")  # the form is cleared for the next fact
+        assert app.focused.id == "subject"
+
+
+@pytest.mark.parametrize(
+    "subject, prompt, target, expected",
+    [
+        ("Eiffel Tower", "The tower is located in", "London", "the subject is not in the prompt"),
+        ("Eiffel Tower", "The {} is located in", "", "the target is empty"),
+        ("", "The {} is located in", "Rome", "the subject is empty"),
+        ("Colosseum", "The {} is located in", "Paris", "already queued as #1"),
+        ("Colosseum", "The {} is located in", "Berlin", "conflicts with the queued"),
+    ],
+)
+async def test_invalid_fact_is_shown_at_once_and_not_queued(session, subject, prompt, target, expected):
+    session.add(Fact("Colosseum", "The {} is located in", "Paris"))
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#subject", subject)
+        await type_into(pilot, "#prompt", prompt)
+        await type_into(pilot, "#target", target)
+        # shown while typing, before any commit or Enter
+        assert expected in message_text(app)
+        assert app.query_one("#fact-message").has_class("-error")
+        await pilot.press("enter")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        assert len(session.queue) == 1  # nothing was added
+        assert expected in message_text(app)
+
+
+async def test_edit_and_delete_a_queued_fact(session):
+    session.add_many([Fact("Colosseum", "The {} is located in", "Paris"), Fact("Louvre", "The {} is in", "Rome")])
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one("#queue-table")
+        table.focus()
+        await pilot.press("down", "e")  # edit the second fact
+        assert app.queue_pane.editing == 1
+        assert app.focused.id == "target"
+        await pilot.press("ctrl+u", *"Berlin", "enter")
+        await wait_until(pilot, lambda: app.queue_pane.editing is None, what="the replace")
+        assert session.queue[1] == Fact("Louvre", "The {} is in", "Berlin")
+        table.focus()
+        await pilot.press("up", "delete")
+        await wait_until(pilot, lambda: len(session.queue) == 1, what="the removal")
+        assert session.queue == (Fact("Louvre", "The {} is in", "Berlin"),)
+        assert app.query_one("#queue-table").row_count == 1
+        assert any("removed" in text for text, _ in app.notes)
+
+
+async def test_escape_leaves_an_edit_without_changing_the_queue(session):
+    session.add(Fact("Louvre", "The {} is in", "Rome"))
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.query_one("#queue-table").focus()
+        await pilot.press("enter")
+        assert app.queue_pane.editing == 0
+        await pilot.press("ctrl+u", *"Oslo", "escape")
+        assert app.queue_pane.editing is None
+        assert app.queue_pane.form_values() == ("", "", "")
+        assert session.queue == (Fact("Louvre", "The {} is in", "Rome"),)
+
+
+async def test_load_facts_from_a_file(session, tmp_path):
+    path = tmp_path / "facts.jsonl"
+    rows = [{"subject": "Louvre", "prompt": "The {} is in", "target": "Rome"},
+            {"subject": "Big Ben", "prompt": "Big Ben is a clock in", "target": "Paris"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"subject": "X", "prompt": "no subject here", "target": "Y"}\n')
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+o")
+        assert app.screen.__class__.__name__ == "AskScreen"
+        await pilot.press(*str(bad), "enter")
+        await pilot.pause()
+        assert any("bad.jsonl:1" in text and sev == "error" for text, sev in app.notes)
+        assert session.queue == ()
+        await pilot.press("ctrl+o")
+        await pilot.press(*str(path), "enter")
+        await wait_until(pilot, lambda: len(session.queue) == 2, what="the facts to load")
+        assert session.queue[1] == Fact("Big Ben", "{} is a clock in", "Paris")  # template derived
+        await pilot.pause()
+        assert app.query_one("#queue-table").row_count == 2
+
+
+async def test_commit_with_an_empty_queue_says_so(session):
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+s")
+        assert not app.committing
+        assert ("the queue is empty: add a fact first", "warning") in app.notes
+        await pilot.press("ctrl+z")
+        assert ("nothing to undo", "warning") in app.notes
