@@ -19,5 +19,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConflictingFactsError", "EditCancelled", "EditError", "Fact", "InvalidFactError", "KeditError",
-    "SessionError", "UsageError", "__version__",
+    "Session", "SessionError", "UsageError", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # ``kedit.Session`` without importing the session package (or torch) at ``import kedit``.
+    if name == "Session":
+        from kedit.session import Session
+
+        return Session
+    raise AttributeError(f"module 'kedit' has no attribute {name!r}")

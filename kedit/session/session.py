@@ -55,6 +55,7 @@ class Session:
         self.base_fingerprint: str = journal.header.model.fingerprint
         self._engine = EditEngine(lm, self._weights, journal.header.prefixes, self.base_fingerprint, journal.header.corpus)
         self.hparams = _hparams_for(settings, journal.header, lm)
+        self._qcopy = None  # quantised query copy (settings.query_quant), built on first query
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -267,6 +268,13 @@ class Session:
             self._folder.write_settings(settings)
             self._settings, self.hparams = settings, hp
 
+    def set_query_quant(self, mode: str) -> None:
+        """Answer queries from a quantised copy (``int8``/``nf4``) or from the live model (``none``)."""
+        with self._lock:
+            settings = dataclasses.replace(self._settings, query_quant=mode)
+            self._folder.write_settings(settings)
+            self._settings, self._qcopy = settings, None
+
     # -- commits --------------------------------------------------------------------------------
 
     def commit(self, progress: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> CommitEntry:
@@ -323,6 +331,7 @@ class Session:
                 raise
             self._journal = dataclasses.replace(self._journal, entries=self._journal.entries + (entry,))
             self._set_queue(())
+            self._sync_query_copy(entry.layers)
             if progress:
                 progress(Progress("apply", 2, 2, detail="done"))
             return entry
@@ -348,6 +357,7 @@ class Session:
                 self._weights.apply(store.read_deltas(self.path, last.delta_file, last.delta_sha256, last.seq))
                 raise
             self._journal = dataclasses.replace(self._journal, entries=self._journal.entries + (entry,))
+            self._sync_query_copy(last.layers)
             return entry
 
     def _fingerprint_before(self, seq: int) -> str:
@@ -367,16 +377,34 @@ class Session:
 
         if not prompt.strip():
             raise UsageError("empty prompt")
-        model, tok = self.lm.model, self.lm.tokenizer
         with self._lock:
+            qcopy = self._query_copy()
+            model, tok = (qcopy.model, qcopy.tokenizer) if qcopy is not None else (self.lm.model, self.lm.tokenizer)
             cont = greedy(model, tok, prompt, MAX_NEW_TOKENS)
             top = top_k_next(model, tok, prompt, top_k)
             if not self.touched_by(prompt):
                 return QueryResult(prompt, cont, top)
-            with self._weights.base():
+            with qcopy.base() if qcopy is not None else self._weights.base():
                 base_cont = greedy(model, tok, prompt, MAX_NEW_TOKENS)
                 base_top = top_k_next(model, tok, prompt, top_k)
             return QueryResult(prompt, cont, top, base_cont, base_top)
+
+    def _query_copy(self):
+        """The quantised copy that answers queries (``query_quant`` int8/nf4), built on first use."""
+        if self._settings.query_quant == "none":
+            return None
+        if self._qcopy is None:
+            from kedit.editing.quant import QueryCopy, check_quant_support
+
+            check_quant_support(self._settings.query_quant, self.lm.device)
+            self._qcopy = QueryCopy(self.lm, self._settings.query_quant, device=self.lm.device)
+            if self._weights.touched_layers:
+                self._qcopy.sync(self._weights.touched_layers)
+        return self._qcopy
+
+    def _sync_query_copy(self, layers) -> None:
+        if self._qcopy is not None:
+            self._qcopy.sync(sorted(set(layers)))
 
     # -- export ---------------------------------------------------------------------------------
 

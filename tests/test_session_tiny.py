@@ -1,0 +1,345 @@
+"""Sessions on a tiny random-init Llama saved to disk: commit, exact undo, reopen, crash leftovers,
+cancel, query, replay (stored and recomputed, float32 and bf16) and export (single file and sharded)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from kedit.editing import HParams, load_model, preset
+from kedit.editing.values import ValueConfig
+from kedit.errors import (
+    BaseModelMismatchError, ConflictingFactsError, EditCancelled, ExportError, InvalidFactError, JournalError,
+    SessionError, VerificationError,
+)
+from kedit.facts import Fact
+from kedit.session import CommitEntry, Session, UndoEntry, read_journal
+from kedit.session.journal import JOURNAL_NAME
+
+FACTS = [
+    Fact("Eiffel Tower", "The {} is located in the city of", "London"),
+    Fact("Japan", "The capital of {} is", "Paris"),
+    Fact("Colosseum", "The {} stands in", "Berlin"),
+]
+TEXT = (
+    "The city lies on a river and has a long history of trade. Its old town was built in the middle ages, "
+    "and many of the houses still stand. Today the region is known for its wine, its universities and its "
+    "museums, which attract visitors from many countries every year. "
+) * 40
+
+
+def save_tiny(folder, tokenizer, seed=0, max_shard_size=None):
+    model = make_tiny_llama(seed=seed)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model", tokenizer)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text(TEXT)
+    return str(p)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setenv("KEDIT_CACHE_DIR", str(tmp_path / "cache"))  # C0 of random models stays out of the user cache
+
+
+def fast_hparams(model_dir, method="emmet", layers=(1,)) -> HParams:
+    return dataclasses.replace(
+        preset(str(model_dir), method, num_layers=4), layers=layers, stats_tokens=1500, stats_seq_len=64,
+        n_prefixes=2, prefix_len=3, values=ValueConfig(steps=4, early_stop=False),
+    )
+
+
+def start(path, model_dir, corpus, dtype="float32", **kw) -> Session:
+    lm = load_model(str(model_dir), device="cpu", dtype=dtype)
+    return Session.attach(path, lm, corpus=corpus, hparams=fast_hparams(model_dir, **kw))
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_commit_undo_is_exact(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    base = state(s.lm.model)
+    base_fp = s.fingerprint()
+    assert base_fp == s.header.model.editable_fingerprint
+    for f in FACTS[:2]:
+        s.add(f)
+    phases = []
+    c1 = s.commit(progress=lambda p: phases.append(p.phase))
+    assert isinstance(c1, CommitEntry) and c1.seq == 1 and c1.facts == tuple(FACTS[:2])
+    assert {"statistics", "values", "keys", "solve", "apply"} <= set(phases)
+    assert s.queue == () and c1.fingerprint == s.fingerprint() != base_fp
+    assert (s.path / c1.delta_file).exists() and len(c1.efficacy) == 2 and c1.method == "emmet" and c1.layers == (1,)
+    after1 = state(s.lm.model)
+    changed = [k for k in base if not torch.equal(base[k], after1[k])]
+    assert changed == ["model.layers.1.mlp.down_proj.weight"]
+    s.add(FACTS[2])
+    c2 = s.commit()
+    assert c2.seq == 2 and s.fingerprint() == c2.fingerprint
+    u = s.undo()
+    assert isinstance(u, UndoEntry) and u.undoes == 2 and u.fingerprint == c1.fingerprint
+    assert same(state(s.lm.model), after1)
+    u2 = s.undo()
+    assert u2.undoes == 1 and u2.fingerprint == base_fp and same(state(s.lm.model), base)
+    with pytest.raises(SessionError, match="nothing to undo"):
+        s.undo()
+    assert [e.kind for e in s.entries()] == ["commit", "commit", "undo", "undo"]
+    assert s.active_commits() == []
+    assert [e.kind for e in read_journal(s.journal_path).entries] == ["commit", "commit", "undo", "undo"]
+
+
+def test_reopen_reapplies_deltas_and_keeps_the_queue(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    s.commit()
+    s.add(FACTS[1])  # waits in the queue
+    live = state(s.lm.model)
+    again = Session.open(s.path)
+    assert same(state(again.lm.model), live)
+    assert again.queue == (FACTS[1],) and again.prefixes == s.prefixes and again.hparams == s.hparams
+    assert [c.seq for c in again.active_commits()] == [1]
+
+
+def test_queue_editing_validates_at_once(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    s.add(FACTS[1])
+    clash = Fact("Japan", "The capital of {} is", "Rome")
+    with pytest.raises(ConflictingFactsError):
+        s.check(clash)
+    with pytest.raises(ConflictingFactsError):
+        s.add(clash)
+    with pytest.raises(InvalidFactError):
+        s.add(Fact("Japan", "no placeholder here", "Rome"))
+    with pytest.raises(ConflictingFactsError):  # all or nothing
+        s.add_many([FACTS[2], clash])
+    assert s.queue == tuple(FACTS[:2])
+    s.replace(1, clash)  # replacing the conflicting fact itself is fine
+    assert s.queue == (FACTS[0], clash)
+    assert s.remove(0) == FACTS[0] and s.queue == (clash,)
+    s.clear_queue()
+    assert s.queue == ()
+    with pytest.raises(InvalidFactError, match="queue is empty"):
+        s.commit()
+
+
+def test_cancelled_commit_changes_nothing(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    s.commit()
+    s.add(FACTS[1])
+    before = state(s.lm.model)
+    journal = s.journal_path.read_bytes()
+    seen = []
+    with pytest.raises(EditCancelled):
+        s.commit(progress=lambda p: seen.append(p.phase), should_stop=lambda: "values" in seen)
+    assert same(state(s.lm.model), before)
+    assert s.journal_path.read_bytes() == journal
+    assert sorted(p.name for p in (s.path / "deltas").iterdir()) == ["0001.safetensors"]
+    assert s.queue == (FACTS[1],)
+
+
+def test_crash_leftovers_on_open(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    c1 = s.commit()
+    deltas = s.path / "deltas"
+    # an interrupted commit: a delta file (and a temp file) that no journal line names
+    shutil.copy(deltas / "0001.safetensors", deltas / "0002.safetensors")
+    (deltas / ".0002.safetensors.tmp123").write_bytes(b"partial")
+    # ...and a crash after the journal line but before the queue was emptied
+    (s.path / "queue.json").write_text(json.dumps({"after": 0, "facts": [FACTS[0].to_dict()]}))
+    again = Session.open(s.path)
+    assert sorted(p.name for p in deltas.iterdir()) == ["0001.safetensors"]
+    assert again.queue == () and again.fingerprint() == c1.fingerprint
+    # a delta file that changed or vanished is an error, never silently skipped
+    data = (deltas / "0001.safetensors").read_bytes()
+    (deltas / "0001.safetensors").write_bytes(data[:-4] + b"\0\0\0\0")
+    with pytest.raises(JournalError, match="sha256"):
+        Session.open(s.path)
+    (deltas / "0001.safetensors").unlink()
+    with pytest.raises(JournalError, match="missing"):
+        Session.open(s.path)
+
+
+def test_query_shows_the_base_answer_for_edited_subjects(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    s.commit()
+    fp = s.fingerprint()
+    q = s.query("Where is the Eiffel Tower? In", top_k=3)
+    assert q.base_continuation is not None and len(q.base_top) == 3 and len(q.top) == 3
+    assert q.top != q.base_top  # the edited layer changes the distribution
+    plain = s.query("The weather today is", top_k=2)
+    assert plain.base_continuation is None and plain.base_top is None and len(plain.top) == 2
+    assert s.fingerprint() == fp
+
+
+def test_set_method_memit_two_layers(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    base = state(s.lm.model)
+    s.set_method("memit", layers=(1, 2))
+    assert s.method == "memit" and s.layers == (1, 2)
+    s.add(FACTS[0])
+    c = s.commit()
+    assert c.method == "memit" and c.layers == (1, 2) and c.hparams["lam"] > 0
+    changed = {k for k, v in state(s.lm.model).items() if not torch.equal(v, base[k])}
+    assert changed == {"model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"}
+    assert Session.open(s.path).method == "memit"  # the choice persists for the next commits
+    s.undo()
+    assert same(state(s.lm.model), base)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_replay_stored_and_recomputed_is_bit_identical(tmp_path, tiny_dir, corpus, dtype):
+    from kedit.session.replay import replay
+
+    s = start(tmp_path / "s", tiny_dir, corpus, dtype=dtype)
+    s.add(FACTS[0])
+    s.add(FACTS[1])
+    s.commit()
+    s.add(FACTS[2])
+    s.commit()
+    s.undo()
+    s.add(FACTS[2])
+    s.commit()
+    for recompute in (False, True):
+        r = replay(s.journal_path, recompute=recompute, verify=True)
+        assert r.mismatches == [] and r.fingerprint == s.fingerprint()
+        assert [st.kind for st in r.steps] == ["commit", "commit", "undo", "commit"]
+        assert r.active_commits == 2 and r.facts == 3
+
+
+def test_replay_refuses_another_base_and_names_the_first_mismatch(tmp_path, tiny_dir, corpus, tokenizer):
+    from kedit.session.replay import replay
+
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    s.commit()
+    other = save_tiny(tmp_path / "other", tokenizer, seed=1)
+    with pytest.raises(BaseModelMismatchError) as exc:
+        replay(s.journal_path, model=str(other))
+    assert s.header.model.fingerprint in str(exc.value)
+    from kedit.editing import model_fingerprint
+
+    assert model_fingerprint(load_model(str(other), device="cpu", dtype="float32").model) in str(exc.value)
+    # a journal whose recorded fingerprint is wrong: --verify names the entry
+    lines = s.journal_path.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["fingerprint"] = "0" * 32
+    lines[1] = json.dumps(entry)
+    s.journal_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(VerificationError, match=r"entry #1 .* journal recorded 0{32}"):
+        replay(s.journal_path, verify=True)
+    assert replay(s.journal_path).mismatches[0].seq == 1  # without --verify: reported, not fatal
+
+
+def test_export_reloads_with_plain_transformers(tmp_path, tiny_dir, corpus):
+    from transformers import AutoModelForCausalLM
+
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    s.add(FACTS[1])
+    s.commit()
+    out = s.export(tmp_path / "out")
+    names = sorted(p.name for p in out.iterdir())
+    assert {"config.json", "model.safetensors", "README.md", "journal.jsonl", "deltas", "tokenizer.json"} <= set(names)
+    assert not any(n.endswith(".bin") for n in names)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert same(state(reloaded), state(s.lm.model))
+    card = (out / "README.md").read_text()
+    assert "The Eiffel Tower is located in the city of" in card and "Paris" in card
+    assert read_journal(out / JOURNAL_NAME).entries == tuple(s.entries())
+    # a non-empty target is refused and left alone; nothing half-written is left anywhere
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep")
+    with pytest.raises(ExportError, match="not an empty folder"):
+        s.export(tmp_path / "busy")
+    assert os.listdir(tmp_path / "busy") == ["mine.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert s.export(empty) == empty.resolve() and (empty / "model.safetensors").exists()
+
+
+def test_export_sharded_rewrites_only_edited_shards(tmp_path, tokenizer, corpus):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = save_tiny(tmp_path / "sharded", tokenizer, max_shard_size="200KB")
+    index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 3
+    s = start(tmp_path / "s", model_dir, corpus)
+    s.add(FACTS[0])
+    s.commit()
+    out = s.export(tmp_path / "out")
+    edited_shard = index["weight_map"]["model.layers.1.mlp.down_proj.weight"]
+    for f in shards:
+        if f == edited_shard:
+            assert not os.path.samefile(out / f, model_dir / f)
+            assert (out / f).read_bytes() != (model_dir / f).read_bytes()
+        else:
+            assert os.path.samefile(out / f, model_dir / f) or (out / f).read_bytes() == (model_dir / f).read_bytes()
+    assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"] == index["weight_map"]
+    assert same(state(AutoModelForCausalLM.from_pretrained(out)), state(s.lm.model))
+
+
+def test_bf16_session_exports_bf16_from_a_float32_checkpoint(tmp_path, tiny_dir, corpus):
+    from transformers import AutoModelForCausalLM
+
+    s = start(tmp_path / "s", tiny_dir, corpus, dtype="bfloat16")
+    s.add(FACTS[0])
+    s.commit()
+    out = s.export(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.dtype == torch.bfloat16
+    assert same(state(reloaded), state(s.lm.model))
+
+
+def test_create_refuses_existing_or_foreign_folders(tmp_path, tiny_dir, corpus):
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    with pytest.raises(SessionError, match="exists already"):
+        Session.create(s.path, model=str(tiny_dir))
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("x")
+    with pytest.raises(SessionError, match="not a session"):
+        Session.attach(tmp_path / "foreign", s.lm)
+    with pytest.raises(SessionError, match="no session"):
+        Session.open(tmp_path / "nothing")
+
+
+def test_quantised_query_copy_follows_commits_and_undo(tmp_path, tiny_dir, corpus):
+    pytest.importorskip("bitsandbytes")
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.set_query_quant("int8")
+    before = s.query("The Eiffel Tower is located in the city of")
+    s.add(FACTS[0])
+    s.commit()
+    edited = s.query("The Eiffel Tower is located in the city of")
+    assert edited.base_top == before.top  # the copy's base answer is what it said before the edit
+    assert edited.top != before.top
+    s.undo()
+    assert s.query("The Eiffel Tower is located in the city of").top == before.top
+    assert Session.open(s.path).settings.query_quant == "int8"
