@@ -90,7 +90,8 @@ def test_batched_values_equal_one_fact_at_a_time(tokenizer):
     batch = optimize_values(model, tokenizer, FACTS, 1, prefixes, cfg)
     for i, f in enumerate(FACTS):
         alone = optimize_values(model, tokenizer, [f], 1, prefixes, cfg)
-        torch.testing.assert_close(batch.delta[i], alone.delta[0], rtol=1e-7, atol=1e-9)
+        # δ is float32; rows are padded differently in the two runs, so agreement is to float32 rounding
+        torch.testing.assert_close(batch.delta[i], alone.delta[0], rtol=1e-5, atol=1e-6)
         assert batch.steps[i] == alone.steps[0]
     assert batch.delta.shape == (3, 64)
     assert all(float(n) > 0 for n in batch.delta.norm(dim=-1)), "every fact moved"

@@ -13,7 +13,8 @@ target position of every rewrite prompt (ENCORE's most-probable early stopping).
 All facts of a batch are optimised together: one δ per fact, losses summed. Each loss depends
 only on its own δ and Adam is element-wise, so this is the same arithmetic as one fact at a time;
 facts that have stopped are dropped from the batch and their δ frozen. Blocks ``0..layer`` do
-not depend on δ: they run once, and every step restarts the model above ``layer``.
+not depend on δ: they run once, and every step restarts the model above ``layer``. Rows are
+grouped by length so right-padding costs little.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ValueResult:
     converged: tuple[bool, ...]  # target was argmax everywhere when it stopped
 
 
-ProgressFn = Callable[[int, int, float, int], None]  # (step, total, mean loss, facts done)
+ProgressFn = Callable[[int, int, float, int], None]  # (step, total, mean loss of active facts, facts done)
 
 
 @dataclass
@@ -115,61 +116,59 @@ def optimize_values(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    n_rows_of = torch.tensor([len(p.rows) for p in packs], dtype=torch.float32, device=device)  # (E,)
+    owner_of = [0] * len(rows)  # row -> fact
+    for e, p in enumerate(packs):
+        for r in p.rows + [p.kl_row]:
+            owner_of[r] = e
+    is_kl = [False] * len(rows)
+    for p in packs:
+        is_kl[p.kl_row] = True
     try:
         with forward.restart_above(model, layer) as inject:
 
-            def run(fact_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[list[bool]]]:
-                """Losses (n,), NLL (n,) and per-row 'target is argmax' for these facts."""
-                sel = [r for e in fact_ids for r in packs[e].rows] + [packs[e].kl_row for e in fact_ids]
-                sel_t = torch.tensor(sel, device=device)
-                owner = torch.tensor(
-                    [i for i, e in enumerate(fact_ids) for _ in packs[e].rows] + list(range(len(fact_ids))),
-                    device=device,
-                )  # (r,) position in fact_ids
-                fid = torch.tensor(fact_ids, device=device)
-                h = hidden[sel_t].clone()  # (r, T, d_model)
-                ar = torch.arange(len(sel), device=device)
-                h[ar, subj[sel_t]] = h[ar, subj[sel_t]] + delta[fid][owner].to(h.dtype)
+            def run(bucket: list[int], loss_acc: torch.Tensor, nll_acc: torch.Tensor, hits: list[list[bool]]) -> torch.Tensor:
+                """Forward the rows of ``bucket``; add each row's loss to its fact in ``loss_acc``."""
+                T = max(len(rows[r].input_ids) for r in bucket)
+                sel = torch.tensor(bucket, device=device)
+                fid = torch.tensor([owner_of[r] for r in bucket], device=device)  # (r,)
+                h = hidden[sel, :T].clone()  # (r, T, d_model)
+                ar = torch.arange(len(bucket), device=device)
+                h[ar, subj[sel]] = h[ar, subj[sel]] + delta[fid].to(h.dtype)
                 inject.hidden = h
-                out = body(input_ids=input_ids[sel_t], attention_mask=mask[sel_t], use_cache=False)
-                last = out.last_hidden_state  # (r, T, d_model)
+                last = body(input_ids=input_ids[sel, :T], attention_mask=mask[sel, :T], use_cache=False).last_hidden_state
 
-                # target NLL, read only at the target positions (the LM head is the costly part)
-                tr, tp, tt, town = [], [], [], []
-                for j, r in enumerate(sel[: len(sel) - len(fact_ids)]):
-                    row = rows[r]
-                    tr += [j] * len(row.target_positions)
-                    tp += list(row.target_positions)
-                    tt += list(row.target_ids)
-                    town.append(len(row.target_ids))
-                logp = head(last[torch.tensor(tr), torch.tensor(tp)]).float().log_softmax(-1)  # (P, V)
-                tt_t = torch.tensor(tt, device=device)
-                tok_nll = -logp.gather(1, tt_t[:, None])[:, 0]  # (P,)
-                hit = (logp.argmax(-1) == tt_t).tolist()
-                n = len(fact_ids)
-                nll = torch.zeros(n, device=device)
-                hits: list[list[bool]] = [[] for _ in range(n)]
-                at = 0
-                for j, cnt in enumerate(town):
-                    i = int(owner[j])
-                    nll[i] = nll[i] + tok_nll[at : at + cnt].mean() / len(packs[fact_ids[i]].rows)
-                    hits[i].append(all(hit[at : at + cnt]))
-                    at += cnt
+                rw = [j for j, r in enumerate(bucket) if not is_kl[r]]
+                if rw:  # target NLL, read only at the target positions (the LM head is the costly part)
+                    bj = torch.tensor([j for j in rw for _ in rows[bucket[j]].target_positions], device=device)
+                    bp = torch.tensor([p for j in rw for p in rows[bucket[j]].target_positions], device=device)
+                    tt = torch.tensor([t for j in rw for t in rows[bucket[j]].target_ids], device=device)
+                    logp = head(last[bj, bp]).float().log_softmax(-1)  # (P, V)
+                    tok_nll = -logp.gather(1, tt[:, None])[:, 0]  # (P,)
+                    hit = (logp.argmax(-1) == tt).tolist()
+                    counts = torch.tensor([len(rows[bucket[j]].target_ids) for j in rw], device=device)  # (n_rw,)
+                    row_of_tok = torch.repeat_interleave(torch.arange(len(rw), device=device), counts)  # (P,)
+                    row_nll = torch.zeros(len(rw), device=device).index_add(0, row_of_tok, tok_nll) / counts  # (n_rw,)
+                    f_rw = fid[torch.tensor(rw, device=device)]
+                    contrib = row_nll / n_rows_of[f_rw]  # mean over the fact's prompts
+                    loss_acc = loss_acc.index_add(0, f_rw, contrib)
+                    nll_acc.index_add_(0, f_rw, contrib.detach())
+                    at = 0
+                    for j, n in zip(rw, counts.tolist()):
+                        hits[owner_of[bucket[j]]].append(all(hit[at : at + n]))
+                        at += n
 
-                # KL on "{subject} is a" at the subject's last token
-                kl_rows = sel_t[len(sel) - n :]
-                kl_logp = head(last[torch.arange(len(sel) - n, len(sel)), subj[kl_rows]]).float().log_softmax(-1)
-                for i, e in enumerate(fact_ids):
-                    if e not in kl_init:
-                        kl_init[e] = kl_logp[i].detach()
-                kl_ref = torch.stack([kl_init[e] for e in fact_ids])  # (n, V)
-                kl = (kl_logp.exp() * (kl_logp - kl_ref)).sum(-1)  # (n,)
+                kj = [j for j, r in enumerate(bucket) if is_kl[r]]
+                if kj:  # KL on "{subject} is a" at the subject's last token
+                    kj_t = torch.tensor(kj, device=device)
+                    kl_logp = head(last[kj_t, subj[sel[kj_t]]]).float().log_softmax(-1)  # (k, V)
+                    for i, j in enumerate(kj):
+                        kl_init.setdefault(bucket[j], kl_logp[i].detach())
+                    ref = torch.stack([kl_init[bucket[j]] for j in kj])  # (k, V)
+                    kl = (kl_logp.exp() * (kl_logp - ref)).sum(-1)  # (k,)
+                    loss_acc = loss_acc.index_add(0, fid[kj_t], cfg.kl_factor * kl)
+                return loss_acc
 
-                d = delta[fid]  # (n, d_model)
-                wd = cfg.weight_decay * d.norm(dim=-1) / h_norm[fid] ** 2
-                return nll + cfg.kl_factor * kl + wd, nll.detach(), hits
-
-            fact_chunk = max(1, cfg.max_rows // (len(prefixes) + 2))
             for step in range(cfg.steps):
                 if should_stop is not None and should_stop():
                     raise EditCancelled("edit cancelled while optimising values; no weight was changed")
@@ -177,26 +176,29 @@ def optimize_values(
                 if not active:
                     break
                 opt.zero_grad(set_to_none=False)
-                total = 0.0
                 final = step == cfg.steps - 1
-                for c in range(0, len(active), fact_chunk):
-                    ids_ = active[c : c + fact_chunk]
-                    loss, nll, hits = run(ids_)
-                    keep = []
-                    for i, e in enumerate(ids_):
-                        last_nll[e] = float(nll[i])
-                        ok = all(hits[i])
-                        converged[e] = ok
-                        if (cfg.early_stop and ok) or final:
-                            done[e] = True
-                            steps_taken[e] = step
-                        else:
-                            keep.append(i)
-                    total += float(loss.detach().sum())
-                    if keep:
-                        loss[torch.tensor(keep)].sum().backward()
+                loss_acc = torch.zeros(E, device=device)
+                nll_acc = torch.zeros(E, device=device)
+                hits: list[list[bool]] = [[] for _ in range(E)]
+                act_rows = [r for e in active for r in packs[e].rows + [packs[e].kl_row]]
+                for bucket in length_buckets([len(rows[r].input_ids) for r in act_rows], cfg.max_rows):
+                    loss_acc = run([act_rows[i] for i in bucket], loss_acc, nll_acc, hits)
+                act = torch.tensor(active, device=device)
+                wd = cfg.weight_decay * delta[act].norm(dim=-1) / h_norm[act] ** 2  # (n_active,)
+                loss = loss_acc[act] + wd  # (n_active,)
+                keep = []
+                for i, e in enumerate(active):
+                    last_nll[e] = float(nll_acc[e])
+                    converged[e] = all(hits[e])
+                    if (cfg.early_stop and converged[e]) or final:
+                        done[e] = True
+                        steps_taken[e] = step
+                    else:
+                        keep.append(i)
+                if keep:
+                    loss[torch.tensor(keep, device=device)].sum().backward()
                 if progress is not None:
-                    progress(step + 1, cfg.steps, total / len(active), int(done.sum()))
+                    progress(step + 1, cfg.steps, float(loss.detach().mean()), int(done.sum()))
                 if bool(done.all()):
                     break
                 frozen = delta.detach()[done].clone()
@@ -221,3 +223,38 @@ def optimize_values(
         nll=tuple(last_nll),
         converged=tuple(converged),
     )
+
+
+def length_buckets(lengths: list[int], max_rows: int, groups: int = 3) -> list[list[int]]:
+    """Indices grouped so that right-padding wastes little: sorted by length, cut into at most
+    ``groups`` runs chosen to minimise the padded token count (DP over distinct lengths), each
+    run split further to at most ``max_rows`` rows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    distinct = sorted(set(lengths))
+    count = [sum(1 for x in lengths if x == d) for d in distinct]
+    n = len(distinct)
+    prefix = [0]
+    for c in count:
+        prefix.append(prefix[-1] + c)
+    # best[g][j]: minimal padded tokens covering distinct[:j] with g runs; cut[g][j]: start of the last run
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(groups + 1)]
+    best[0][0] = 0
+    for g in range(1, groups + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                c = best[g - 1][i] + (prefix[j] - prefix[i]) * distinct[j - 1]
+                if c < best[g][j]:
+                    best[g][j], cut[g][j] = c, i
+    g = min(range(1, groups + 1), key=lambda g: best[g][n])
+    bounds, j = [], n
+    while j > 0:
+        i = cut[g][j]
+        bounds.append((prefix[i], prefix[j]))
+        j, g = i, g - 1
+    out = []
+    for a, b in reversed(bounds):
+        run = order[a:b]
+        out += [run[s : s + max_rows] for s in range(0, len(run), max_rows)]
+    return out
