@@ -8,20 +8,15 @@ import pytest
 
 from kedit.facts import Fact
 from kedit.tui.messages import QueueChanged
-from tui_support import RecordingApp, tiny_session, type_into, wait_until
-
-
-@pytest.fixture(scope="module")
-def shared_session(tmp_path_factory, tokenizer):
-    return tiny_session(tmp_path_factory.mktemp("tui-queue") / "tiny", tokenizer)
+from tui_support import RecordingApp, tiny, type_into, wait_until  # noqa: F401 (tiny: a fixture)
 
 
 @pytest.fixture
-def session(shared_session):
+def session(tiny):
     """The module's tiny session with an empty queue (the queue is all these tests touch)."""
-    shared_session.clear_queue()
-    yield shared_session
-    shared_session.clear_queue()
+    tiny.clear_queue()
+    yield tiny
+    tiny.clear_queue()
 
 
 def message_text(app) -> str:

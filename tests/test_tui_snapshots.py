@@ -10,23 +10,18 @@ import pytest
 
 from kedit.editing import Progress, TokenProb
 from kedit.facts import Fact
-from tui_support import RecordingApp, tiny_session, type_into
-
-
-@pytest.fixture(scope="module")
-def shared_session(tmp_path_factory, tokenizer):
-    return tiny_session(tmp_path_factory.mktemp("tui-snap") / "snap", tokenizer)
+from tui_support import RecordingApp, tiny, type_into  # noqa: F401 (tiny: a fixture)
 
 
 @pytest.fixture
-def session(shared_session):
-    shared_session.clear_queue()
-    shared_session.add_many([
+def session(tiny):
+    tiny.clear_queue()
+    tiny.add_many([
         Fact("Eiffel Tower", "The {} is located in the city of", "London"),
         Fact("Colosseum", "The {} is in", "Berlin"),
     ])
-    yield shared_session
-    shared_session.clear_queue()
+    yield tiny
+    tiny.clear_queue()
 
 
 async def invalid_fact(pilot):

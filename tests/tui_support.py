@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from kedit.tui.app import KeditApp
 
 
@@ -31,6 +33,12 @@ def tiny_session(folder, tokenizer, seed: int = 0):
     model = make_tiny_llama(seed=seed)
     lm = LoadedModel(model, tokenizer, "tiny-llama", "tiny-llama", torch.device("cpu"), torch.float32)
     return Session.attach(folder, lm)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tokenizer):
+    """One tiny-model session per test module (import this fixture into the module)."""
+    return tiny_session(tmp_path_factory.mktemp("tui") / "tiny", tokenizer)
 
 
 async def type_into(pilot, selector: str, text: str) -> None:

@@ -28,7 +28,9 @@ def tui(
     layers: Optional[str] = typer.Option(None, "--layers", help="Layer(s) to edit, e.g. 4 or 4,5,6."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: auto)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (default: auto)."),
-    query_quant: str = typer.Option("none", "--query-quant", help="Quantise the query copy: none, int8 or nf4."),
+    query_quant: Optional[str] = typer.Option(
+        None, "--query-quant", help="Answer queries from a quantised copy: none, int8 or nf4 (default: the session's)."
+    ),
 ) -> None:
     """Open the interactive editor: fact queue, live query and edit log over a session."""
     from kedit.tui.app import KeditApp

@@ -29,6 +29,7 @@ from kedit.tui.messages import (
     CommitFinished,
     CommitProgressed,
     ExportFinished,
+    ExportProgressed,
     QueryAnswered,
     QueueChanged,
     SessionReady,
@@ -83,7 +84,7 @@ class KeditApp(App):
         layers: tuple[int, ...] | None = None,
         device: str | None = None,
         dtype: str | None = None,
-        query_quant: str = "none",
+        query_quant: str | None = None,
     ) -> None:
         super().__init__()
         self.session = session
@@ -92,6 +93,7 @@ class KeditApp(App):
                           "dtype": dtype, "query_quant": query_quant}
         self.loading_session = session is None
         self.committing = False
+        self.exporting = False
         self.last_prompt: str | None = None
         self.query_seq = 0
         self._stop: threading.Event | None = None
@@ -140,9 +142,12 @@ class KeditApp(App):
     def _start_loading(self, target: str) -> None:
         self.loading_session = True
         self.status.show_loading(f"{target} (model {self.open_args.get('model') or 'from the session'})…")
-        for pane in (self.query_pane, self.log_pane):
-            pane.loading = True
+        self._set_loading(True)
         self._load_worker(target, dict(self.open_args))
+
+    def _set_loading(self, on: bool) -> None:
+        for selector in ("#answer", "#log-table"):
+            self.query_one(selector).loading = on
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load_worker(self, target: str, kwargs: dict) -> None:
@@ -154,6 +159,9 @@ class KeditApp(App):
             method, layers = kwargs.get("method"), kwargs.get("layers")
             if (method and method != session.method) or (layers and tuple(layers) != session.layers):
                 session.set_method(method or session.method, layers)  # an existing session: switch
+            quant = kwargs.get("query_quant")
+            if quant and quant != session.settings.query_quant:
+                session.set_query_quant(quant)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a message
             self.post_message(WorkFailed("load", exc))
         else:
@@ -165,8 +173,7 @@ class KeditApp(App):
     def _session_ready(self, session) -> None:
         self.session = session
         self.loading_session = False
-        for pane in (self.query_pane, self.log_pane):
-            pane.loading = False
+        self._set_loading(False)
         self.queue_pane.set_session(session)
         self.refresh_journal()
         self.sub_title = session.name
@@ -182,6 +189,8 @@ class KeditApp(App):
             return "the session is still loading"
         if self.committing:
             return "a commit is running (Esc cancels it)"
+        if self.exporting:
+            return "an export is running"
         return None
 
     # -- bindings -----------------------------------------------------------------------------
@@ -382,6 +391,7 @@ class KeditApp(App):
 
         def go(folder: str | None) -> None:
             if folder:
+                self.exporting = True
                 self.status.set_state("exporting")
                 self._export_worker(Path(folder).expanduser())
 
@@ -390,13 +400,18 @@ class KeditApp(App):
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def _export_worker(self, folder: Path) -> None:
         try:
-            path = self.session.export(folder)
+            path = self.session.export(folder, progress=lambda p: self.post_message(ExportProgressed(p)))
         except BaseException as exc:  # noqa: BLE001
             self.post_message(WorkFailed("export", exc))
         else:
             self.post_message(ExportFinished(Path(path)))
 
+    def on_export_progressed(self, message: ExportProgressed) -> None:
+        p = message.progress
+        self.status.set_state(f"exporting {p.done}/{p.total}" if p.total else "exporting")
+
     def on_export_finished(self, message: ExportFinished) -> None:
+        self.exporting = False
         self.status.set_state("ready")
         self.notify(f"exported to {message.path}", title="export", timeout=8)
 
@@ -441,13 +456,14 @@ class KeditApp(App):
         self.notify(f"next commits: {hp.method} on layer(s) {','.join(map(str, hp.layers))}", timeout=4)
 
     def action_open_session(self) -> None:
-        if self.committing:
+        if self.committing or self.exporting:
             self.notify(self.busy, severity="warning")
             return
 
         def go(target: str | None) -> None:
             if target:
-                self.open_args["model"] = None  # an existing session knows its model
+                # an existing session loads its own model; a new one starts on the current model
+                self.open_args["model"] = self.session.lm.name if self.session is not None else None
                 self.query_seq += 1  # drop answers of the old session
                 self._start_loading(target)
 
@@ -493,8 +509,7 @@ class KeditApp(App):
         if message.action == "commit":
             self._commit_over()
         elif message.action == "load":
-            for pane in (self.query_pane, self.log_pane):
-                pane.loading = False
+            self._set_loading(False)
             self.loading_session = self.session is None
             if self.session is None:
                 self.status.show_loading("failed — Ctrl+P ‘Open another session’ or Ctrl+Q")
@@ -503,6 +518,8 @@ class KeditApp(App):
                 self.status.show_session(self.session)
         elif message.action == "query":
             self.query_pane.show_failed()
+        if message.action == "export":
+            self.exporting = False
         elif self.session is not None:
             self.status.show_session(self.session)
         self.notify(error_text(message.error), title=f"{message.action} failed", severity="error", timeout=12)

@@ -57,6 +57,13 @@ class UndoFinished(Message):
 
 
 @dataclass
+class ExportProgressed(Message):
+    """One progress report of a running export."""
+
+    progress: Any  # kedit.editing.Progress
+
+
+@dataclass
 class ExportFinished(Message):
     """The edited model was written as a Hugging Face checkpoint."""
 

@@ -38,6 +38,9 @@ class StatusLine(Static):
             "method": f"{hp.method} L{','.join(str(l) for l in hp.layers)}",
             "edits": str(edits),
         }
+        quant = getattr(getattr(session, "settings", None), "query_quant", "none")
+        if quant and quant != "none":
+            self.fields["query"] = quant
         self._redraw()
 
     def set_state(self, state: str) -> None:
