@@ -1,1 +1,340 @@
-"""Commands registered on ``kedit.cli.app`` (filled in by its issue)."""
+"""Evaluation commands: ``eval``, ``sweep-layers``, ``scale`` (DESIGN.md §5, the seeds' experiments).
+
+Figures go to stdout (a table, or one JSON object with ``--json``); the progress bar (with an
+ETA) goes to stderr. Ctrl-C stops a run, prints the figures measured so far and exits 130.
+torch and transformers are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kedit.cli import app
+from kedit.errors import UsageError
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: 'default', a local folder or a hub id.")]
+RecordsOpt = Annotated[Path, typer.Option("--records", "-r", help="CounterFact (either format) or zsRE JSON file.",
+                                          show_default=False)]
+MethodOpt = Annotated[str, typer.Option("--method", help="emmet | memit | rome.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Use at most N records.", min=1)]
+OffsetOpt = Annotated[int, typer.Option("--offset", help="Skip the first K records.", min=0)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object with every figure and the settings on stdout.")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32 | bfloat16 (default: auto, bf16 where fast).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: auto).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the context prefixes.")]
+CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics C0.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's).", min=1)]
+ScoreBatchOpt = Annotated[int, typer.Option("--score-batch-size", help="Prompts per forward pass when scoring.", min=1)]
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Where to save the PNG plot.")]
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """'3', '2,3,4', '1-12' or '0-20:2' (a range with a step) → a tuple of ints."""
+    out: list[int] = []
+    try:
+        for part in text.replace(" ", "").split(","):
+            step = 1
+            if ":" in part:
+                part, s = part.split(":", 1)
+                step = int(s)
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out += range(int(a), int(b) + 1, step)
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UsageError(f"cannot read {what} {text!r}", hint="write e.g. 3, or 2,3,4, or 1-12, or 0-20:2") from None
+    if not out or step < 1:
+        raise UsageError(f"no {what} in {text!r}")
+    return tuple(out)
+
+
+class _Setup:
+    """The loaded model, the preset and what every ``Editor`` of a run shares."""
+
+    def __init__(self, model: str, method: str, layers: str | None, dtype, device, seed: int, corpus: str,
+                 threads: int | None, quiet: bool) -> None:
+        import torch
+
+        from kedit.editing import arch, load_model, model_fingerprint, preset, sample_prefixes
+        from kedit.paths import cache_dir
+
+        if threads:
+            torch.set_num_threads(threads)
+        err = _err()
+        if not quiet:
+            err.print(f"[dim]loading {model} …[/]")
+        self.lm = load_model(model, device=device, dtype=dtype)
+        self.model, self.tok = self.lm.model, self.lm.tokenizer
+        hp = preset(model if model != "default" else "smollm2-135m", method, num_layers=arch.num_layers(self.model))
+        if layers:
+            hp = replace(hp, layers=parse_ints(layers, "layers"))
+        for l in hp.layers:
+            arch.mlp_out_module(self.model, l)  # a clear error for a layer the model lacks
+        self.hparams, self.seed, self.corpus, self.cache = hp, seed, corpus, cache_dir()
+        self.fingerprint = model_fingerprint(self.model)
+        if not quiet:
+            err.print("[dim]sampling context prefixes …[/]")
+        self.prefixes = tuple(sample_prefixes(self.model, self.tok, hp.n_prefixes, hp.prefix_len, seed))
+        self.name = model
+
+    def editor(self, layers: tuple[int, ...] | None = None):
+        from kedit.editing import Editor
+
+        hp = self.hparams if layers is None else replace(self.hparams, layers=layers)
+        return Editor(self.model, self.tok, hp, self.prefixes, self.fingerprint, self.corpus, self.cache)
+
+    def settings(self, **extra) -> dict:
+        import torch
+
+        from kedit.editing.models import dtype_name
+
+        return {
+            "model": self.name, "model_fingerprint": self.fingerprint, "device": str(self.lm.device),
+            "dtype": dtype_name(self.lm.dtype), "method": self.hparams.method, "layers": list(self.hparams.layers),
+            "hparams": self.hparams.to_dict(), "seed": self.seed, "prefixes": list(self.prefixes),
+            "corpus": self.corpus, "torch_threads": torch.get_num_threads(), **extra,
+        }
+
+
+def _err():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Bar:
+    """A rich progress bar with an ETA on stderr, one task per stage."""
+
+    NAMES = {"baseline": "scoring unedited", "edit": "editing", "score": "scoring edited"}
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+        self.tty = sys.stderr.isatty()
+        self.last: tuple = ()
+        self.last_line = 0.0
+        self.t0 = time.perf_counter()
+
+    def __enter__(self):
+        if self.enabled and self.tty:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("[dim]{task.fields[detail]}"),
+                console=_err(), transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, tick) -> None:
+        if self.enabled and not self.tty:  # a log file: one plain line when a count changes
+            now = time.perf_counter()
+            if (tick.stage, tick.done, tick.total) != self.last or now - self.last_line > 30:
+                self.last, self.last_line = (tick.stage, tick.done, tick.total), now
+                sys.stderr.write(f"[{time.perf_counter() - self.t0:7.1f}s] {self.NAMES.get(tick.stage, tick.stage)} "
+                                 f"{tick.done}/{tick.total} {tick.detail}\n")
+                sys.stderr.flush()
+            return
+        if self.progress is None:
+            return
+        unit = "facts" if tick.stage == "edit" else "prompts"
+        name = f"{self.NAMES.get(tick.stage, tick.stage)} ({unit})"
+        key = tick.stage if tick.stage == "edit" else f"{tick.stage}:{tick.total}:{tick.detail}"
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(name, total=tick.total, detail="")
+        self.progress.update(self.tasks[key], completed=tick.done, total=tick.total, detail=tick.detail[:40])
+
+
+def _load(records: Path, offset: int, limit: int | None):
+    from kedit.eval.records import load_records
+
+    return load_records(records, offset=offset, limit=limit)
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _finish(interrupted: bool) -> None:
+    if interrupted:
+        _err().print("[yellow]interrupted:[/] the figures above cover what was measured before Ctrl-C")
+        raise typer.Exit(130)
+
+
+@app.command("eval")
+def eval_cmd(
+    records: RecordsOpt,
+    model: ModelOpt = "default",
+    method: MethodOpt = "emmet",
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Edit layers, e.g. 3, or 2,3,4 (MEMIT).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Facts per edit.", min=1)] = 16,
+    sequential: Annotated[bool, typer.Option("--sequential", help="Apply the batches one after another "
+                                             "on the same model and score all edited records at the end.")] = False,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    as_json: JsonOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = 0,
+    corpus: CorpusOpt = "wiki-sample",
+    threads: ThreadsOpt = None,
+    score_batch_size: ScoreBatchOpt = 64,
+) -> None:
+    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited)."""
+    from kedit.eval.runner import evaluate
+
+    if layers:
+        parse_ints(layers, "layers")
+    recs = _load(records, offset, limit)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False)
+    started = time.perf_counter()
+    with _Bar(True) as bar:
+        res = evaluate(s.model, s.tok, s.editor(), recs, batch_size, sequential=sequential,
+                       score_batch_size=score_batch_size, progress=bar)
+    settings = s.settings(records=str(records), offset=offset, limit=limit, n_requested=len(recs),
+                          batch_size=batch_size, sequential=sequential, score_batch_size=score_batch_size,
+                          format=recs[0].source)
+    if as_json:
+        _emit({"settings": settings, **res.to_dict(), "wall_seconds": time.perf_counter() - started})
+    else:
+        from rich.console import Console
+
+        cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA")
+        e, b = res.metrics, res.baseline_metrics
+        rows = [[c, _num(getattr(e, c)), _num(getattr(b, c))] for c in cols]
+        out = Console(highlight=False)
+        mode = "sequential-batched" if sequential else "batch (fresh weights per batch)"
+        out.print(_table(f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}, {len(res.records)} records, "
+                         f"batch {batch_size}, {mode}", ["metric", "edited", "unedited"], rows))
+        per = res.edit_seconds_per_fact
+        pps = res.prompts_scored / res.score_seconds if res.score_seconds else 0.0
+        out.print(f"edit time: {_num(per, 2)} s per fact ({res.edit_seconds:.1f} s for {res.facts_edited} facts, "
+                  f"+ {res.stats_seconds:.1f} s statistics) · scoring: {pps:.1f} prompts/s")
+    _finish(res.interrupted)
+
+
+def _num(v, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _show_experiment(exp, title: str, plot_path: Path | None, plot_fn, settings: dict, as_json: bool) -> None:
+    from kedit.eval.experiments import table_rows, text_chart
+
+    saved = None
+    if plot_path is not None and exp.rows:
+        saved = str(plot_fn(exp, plot_path))
+    if as_json:
+        _emit({"settings": settings, **exp.to_dict(), "plot": saved})
+        return
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    out.print(_table(title, ["run", "ES", "PS", "NS", "S", "EM", "PM", "NM", "s/fact"], table_rows(exp)))
+    out.print(text_chart(exp))
+    if saved:
+        out.print(f"plot saved to {saved}")
+
+
+@app.command("sweep-layers")
+def sweep_layers_cmd(
+    records: RecordsOpt,
+    layers: Annotated[str, typer.Option("--layers", help="Layers to try, e.g. 1-12 or 0-20:2.")] = "1-12",
+    model: ModelOpt = "default",
+    method: MethodOpt = "emmet",
+    limit: LimitOpt = 32,
+    offset: OffsetOpt = 0,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Facts per edit (default: all at once).",
+                                                      min=1)] = None,
+    plot: PlotOpt = Path("sweep-layers.png"),
+    as_json: JsonOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = 0,
+    corpus: CorpusOpt = "wiki-sample",
+    threads: ThreadsOpt = None,
+    score_batch_size: ScoreBatchOpt = 64,
+) -> None:
+    """The seeds' optimal-layer experiment: the same edits at each layer; table, terminal chart, PNG."""
+    from kedit.eval.experiments import plot_sweep, sweep_layers
+
+    todo = parse_ints(layers, "layers")
+    if method == "memit":
+        raise UsageError("sweep-layers edits one layer at a time", hint="use --method emmet or rome")
+    recs = _load(records, offset, limit)
+    s = _Setup(model, method, str(todo[0]), dtype, device, seed, corpus, threads, quiet=False)
+    for l in todo:
+        from kedit.editing import arch
+
+        arch.mlp_out_module(s.model, l)
+    b = batch_size or len(recs)
+    with _Bar(True) as bar:
+        exp = sweep_layers(s.model, s.tok, lambda l: s.editor((l,)), recs, todo, b, score_batch_size, bar)
+    settings = s.settings(records=str(records), offset=offset, limit=limit, layers=list(todo), batch_size=b,
+                          score_batch_size=score_batch_size, format=recs[0].source)
+    title = f"{method.upper()} layer sweep: {len(recs)} edits per layer, batch {b}"
+    _show_experiment(exp, title, plot, lambda e, p: plot_sweep(e, p, f"{model}: {title}"), settings, as_json)
+    _finish(exp.interrupted)
+
+
+@app.command("scale")
+def scale_cmd(
+    records: RecordsOpt,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes, e.g. 1,4,16,64.")] = "1,4,16,64",
+    total: Annotated[int, typer.Option("--total", "-n", help="Number of edits in all.", min=1)] = 64,
+    model: ModelOpt = "default",
+    method: MethodOpt = "emmet",
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Edit layer(s) (default: the preset's).")] = None,
+    offset: OffsetOpt = 0,
+    plot: PlotOpt = Path("scale.png"),
+    as_json: JsonOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = 0,
+    corpus: CorpusOpt = "wiki-sample",
+    threads: ThreadsOpt = None,
+    score_batch_size: ScoreBatchOpt = 64,
+) -> None:
+    """The seeds' batch-size experiment: batch versus sequential-batched editing per batch size."""
+    from kedit.eval.experiments import plot_scale, scale_batches
+
+    sizes = parse_ints(batch_sizes, "batch sizes")
+    if min(sizes) < 1:
+        raise UsageError(f"batch sizes must be ≥ 1, got {batch_sizes!r}")
+    if layers:
+        parse_ints(layers, "layers")
+    recs = _load(records, offset, total)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False)
+    with _Bar(True) as bar:
+        exp = scale_batches(s.model, s.tok, s.editor(), recs, sizes, score_batch_size, bar)
+    settings = s.settings(records=str(records), offset=offset, total=len(recs), batch_sizes=list(sizes),
+                          score_batch_size=score_batch_size, format=recs[0].source)
+    title = f"{method.upper()} layers {list(s.hparams.layers)}: {len(recs)} edits, batch vs sequential-batched"
+    _show_experiment(exp, title, plot, lambda e, p: plot_scale(e, p, f"{model}: {title}"), settings, as_json)
+    _finish(exp.interrupted)

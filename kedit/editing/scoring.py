@@ -19,6 +19,7 @@ class TargetScore:
     prob: float  # exp(-nll): geometric-mean token probability
     first_prob: float  # probability of the target's first token
     argmax: bool  # every target token is the argmax under teacher forcing
+    predicted: tuple[int, ...] = ()  # the argmax token id at each target position (teacher-forced)
 
 
 @torch.no_grad()
@@ -44,7 +45,9 @@ def score_targets(model, tok, prompts: list[str], targets: list[str], batch_size
         tt = torch.tensor([t for r in part for t in r.target_ids], device=device)
         logp = head(last[br, bp]).float().log_softmax(-1)  # (P, V)
         tok_lp = logp.gather(1, tt[:, None])[:, 0]  # (P,)
-        hit = logp.argmax(-1) == tt  # (P,)
+        pred = logp.argmax(-1)  # (P,)
+        hit = pred == tt  # (P,)
+        pred_list = pred.tolist()
         at = 0
         for j, r in zip(idx, part):
             n = len(r.target_ids)
@@ -54,6 +57,7 @@ def score_targets(model, tok, prompts: list[str], targets: list[str], batch_size
                 prob=float(torch.exp(torch.tensor(-nll))),
                 first_prob=float(tok_lp[at].exp()),
                 argmax=bool(hit[at : at + n].all()),
+                predicted=tuple(pred_list[at : at + n]),
             )
             at += n
     return out  # type: ignore[return-value]

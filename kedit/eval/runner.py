@@ -1,0 +1,279 @@
+"""Running an evaluation: score the unedited model, edit in batches, score the edited model.
+
+* Non-sequential (the default): every batch is edited on the base weights. We do not copy the
+  model: the editable tensors of the edit layers are saved once and written back after each
+  batch (``Editor.edit`` itself never changes weights; we apply its deltas, score, restore).
+* Sequential (``sequential=True``): batch after batch is applied to the same model (each edit
+  sees the earlier ones) and every edited record is scored at the end, as in the seeds'
+  sequential-batched editing.
+
+The model's weights are restored before ``evaluate`` returns, whatever happens. Ctrl-C
+(``KeyboardInterrupt``) stops the run and returns what was measured so far, flagged
+``interrupted``; in sequential mode the records already edited are then scored (a second Ctrl-C
+skips that). Scoring is batched through ``kedit.editing.score_targets``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from kedit.editing import arch, tokens
+from kedit.editing.delta import apply_deltas
+from kedit.editing.edit import Editor, Progress
+from kedit.editing.scoring import score_targets
+from kedit.eval.metrics import Metrics, Pair, RecordScores, summarize, token_accuracy
+from kedit.eval.records import EvalRecord
+
+PARTS = ("rewrite", "paraphrase", "neighborhood")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Progress of a run: ``stage`` is "baseline", "edit" or "score"; units are prompts or facts."""
+
+    stage: str
+    done: int
+    total: int
+    detail: str = ""
+
+
+TickFn = Callable[[Tick], None]
+
+
+def prompts_of(rec: EvalRecord) -> dict[str, tuple[str, ...]]:
+    return {"rewrite": (rec.rewrite_prompt,), "paraphrase": rec.paraphrase_prompts,
+            "neighborhood": rec.neighborhood_prompts}
+
+
+def count_prompts(records: Sequence[EvalRecord]) -> int:
+    """Scored (prompt, object) pairs: every prompt with both objects."""
+    return 2 * sum(len(ps) for r in records for ps in prompts_of(r).values())
+
+
+def iter_scores(
+    model, tok, records: Sequence[EvalRecord], batch_size: int = 64, chunk_prompts: int = 256,
+) -> Iterator[list[RecordScores]]:
+    """Score records in chunks of about ``chunk_prompts`` pairs; yields each chunk's scores."""
+    ids_cache: dict[str, tuple[int, ...]] = {}
+
+    def target_ids(t: str) -> tuple[int, ...]:
+        if t not in ids_cache:
+            ids_cache[t] = tuple(tokens.target_ids(tok, t))
+        return ids_cache[t]
+
+    start = 0
+    while start < len(records):
+        end, n = start, 0
+        while end < len(records) and (n == 0 or n + count_prompts(records[end : end + 1]) <= chunk_prompts):
+            n += count_prompts(records[end : end + 1])
+            end += 1
+        chunk = records[start:end]
+        prompts, targets, where = [], [], []
+        for i, r in enumerate(chunk):
+            for part, ps in prompts_of(r).items():
+                true = r.neighborhood_true if part == "neighborhood" else r.target_true
+                for p in ps:
+                    prompts += [p, p]
+                    targets += [r.target_new, true]
+                    where.append((i, part))
+        scores = score_targets(model, tok, prompts, targets, batch_size=batch_size)
+        parts: list[dict[str, list[Pair]]] = [{k: [] for k in PARTS} for _ in chunk]
+        for j, (i, part) in enumerate(where):
+            s_new, s_true = scores[2 * j], scores[2 * j + 1]
+            parts[i][part].append(Pair(
+                nll_new=s_new.nll, nll_true=s_true.nll,
+                acc_new=token_accuracy(s_new.predicted, target_ids(chunk[i].target_new)),
+                pred_true=s_true.predicted,
+            ))
+        yield [RecordScores(r.case_id, *(tuple(parts[i][k]) for k in PARTS)) for i, r in enumerate(chunk)]
+        start = end
+
+
+def score_records(model, tok, records: Sequence[EvalRecord], batch_size: int = 64,
+                  progress: TickFn | None = None, stage: str = "score") -> list[RecordScores]:
+    """Scores of every record (raises ``KeyboardInterrupt`` through; see ``_collect``)."""
+    out: list[RecordScores] = []
+    _collect(model, tok, records, batch_size, progress, stage, out)
+    return out
+
+
+def _collect(model, tok, records, batch_size, progress, stage, out: list[RecordScores]) -> None:
+    """Append scores to ``out`` chunk by chunk, so an interrupt keeps the finished chunks."""
+    total, done, i = count_prompts(records), 0, 0
+    if progress:
+        progress(Tick(stage, 0, total))
+    for part in iter_scores(model, tok, records, batch_size):
+        out.extend(part)
+        done += count_prompts(records[i : i + len(part)])
+        i += len(part)
+        if progress:
+            progress(Tick(stage, done, total))
+
+
+def score_until_interrupted(model, tok, records, batch_size, progress, stage, out: list[RecordScores]):
+    """Append the records' scores to ``out``; Ctrl-C keeps the finished chunks.
+
+    Returns (seconds, pairs scored, interrupted).
+    """
+    start, t, stopped = len(out), time.perf_counter(), False
+    try:
+        _collect(model, tok, records, batch_size, progress, stage, out)
+    except KeyboardInterrupt:
+        stopped = True
+    return time.perf_counter() - t, count_prompts(records[: len(out) - start]), stopped
+
+
+@dataclass(frozen=True)
+class RunResult:
+    records: tuple[EvalRecord, ...]  # the records edited and scored
+    edited: tuple[RecordScores, ...]
+    baseline: tuple[RecordScores, ...]  # the same records on the unedited model
+    sequential: bool
+    batch_size: int
+    batches: int  # batches edited
+    facts_edited: int  # facts whose edit was made (≥ len(records) after an interrupt)
+    edit_seconds: float  # wall time of the edits, without first-use statistics (C0)
+    stats_seconds: float  # time spent computing/reading C0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    score_seconds: float = 0.0
+    prompts_scored: int = 0  # (prompt, object) pairs scored, baseline included
+    interrupted: bool = False
+
+    @property
+    def metrics(self) -> Metrics:
+        return summarize(self.edited, self.baseline)
+
+    @property
+    def baseline_metrics(self) -> Metrics:
+        return summarize(self.baseline, self.baseline)
+
+    @property
+    def edit_seconds_per_fact(self) -> float | None:
+        return self.edit_seconds / self.facts_edited if self.facts_edited else None
+
+    def to_dict(self) -> dict:
+        return {
+            "n_records": len(self.records),
+            "edited": self.metrics.to_dict(),
+            "baseline": self.baseline_metrics.to_dict(),
+            "sequential": self.sequential,
+            "batch_size": self.batch_size,
+            "batches": self.batches,
+            "facts_edited": self.facts_edited,
+            "edit_seconds": self.edit_seconds,
+            "edit_seconds_per_fact": self.edit_seconds_per_fact,
+            "statistics_seconds": self.stats_seconds,
+            "phase_seconds": self.phase_seconds,
+            "score_seconds": self.score_seconds,
+            "prompts_scored": self.prompts_scored,
+            "prompts_per_second": self.prompts_scored / self.score_seconds if self.score_seconds else None,
+            "interrupted": self.interrupted,
+        }
+
+
+def save_weights(model, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    return {l: arch.weight_param(model, l).detach().clone() for l in sorted(set(layers))}
+
+
+@torch.no_grad()
+def restore_weights(model, saved: dict[int, torch.Tensor]) -> None:
+    for l, w in saved.items():
+        arch.weight_param(model, l).copy_(w)
+
+
+def batches_of(records: Sequence[EvalRecord], batch_size: int) -> list[list[EvalRecord]]:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
+    return [list(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
+
+
+def evaluate(
+    model,
+    tok,
+    editor: Editor,
+    records: Sequence[EvalRecord],
+    batch_size: int,
+    sequential: bool = False,
+    baseline: Sequence[RecordScores] | None = None,
+    score_batch_size: int = 64,
+    progress: TickFn | None = None,
+) -> RunResult:
+    """Edit ``records`` in batches of ``batch_size`` and score them; see the module docstring.
+
+    ``baseline`` (scores of the same records on the unedited model, in order) is computed first
+    when not given.
+    """
+    records = list(records)
+    saved = save_weights(model, editor.hparams.layers)
+    score_s, n_scored, interrupted = 0.0, 0, False
+    base: list[RecordScores] = list(baseline) if baseline is not None else []
+    if baseline is None:
+        score_s, n_scored, interrupted = score_until_interrupted(
+            model, tok, records, score_batch_size, progress, "baseline", base)
+    if len(base) < len(records) and not interrupted:
+        raise ValueError(f"{len(base)} baseline scores for {len(records)} records")
+
+    edited: list[RecordScores] = []
+    done: list[EvalRecord] = []  # records whose edit was applied (sequential) or scored (batch)
+    edit_s = stats_s = 0.0
+    phases: dict[str, float] = {}
+    n_batches = n_edited = 0
+    todo = batches_of(records, batch_size) if not interrupted else []
+    n_facts = len(records)
+
+    def edit(batch: list[EvalRecord]) -> None:
+        nonlocal edit_s, stats_s, n_batches, n_edited
+        before = len(done) if sequential else len(edited)
+
+        def prog(p: Progress) -> None:
+            if progress:
+                progress(Tick("edit", before, n_facts, f"{p.phase} {p.detail}".strip()))
+
+        t = time.perf_counter()
+        res = editor.edit([r.fact for r in batch], progress=prog)
+        dt = time.perf_counter() - t
+        apply_deltas(model, list(res.deltas))
+        stats = res.timings.get("statistics", 0.0)
+        edit_s += dt - stats
+        stats_s += stats
+        for k, v in res.timings.items():
+            phases[k] = phases.get(k, 0.0) + v
+        n_batches += 1
+        n_edited += len(batch)
+
+    try:
+        for batch in todo:
+            try:
+                edit(batch)
+                if sequential:
+                    done.extend(batch)
+                else:
+                    t = time.perf_counter()
+                    edited.extend(score_records(model, tok, batch, score_batch_size))
+                    score_s += time.perf_counter() - t
+                    n_scored += count_prompts(batch)
+                    done.extend(batch)
+            finally:
+                if not sequential:
+                    restore_weights(model, saved)
+            if progress:
+                progress(Tick("edit", len(done), n_facts))
+    except KeyboardInterrupt:
+        interrupted = True
+    try:
+        if sequential and done:
+            dt, n, stopped = score_until_interrupted(model, tok, done, score_batch_size, progress, "score", edited)
+            score_s, n_scored, interrupted = score_s + dt, n_scored + n, interrupted or stopped
+    finally:
+        restore_weights(model, saved)
+    scored = done[: len(edited)]
+    return RunResult(
+        records=tuple(scored), edited=tuple(edited), baseline=tuple(base[: len(scored)]),
+        sequential=sequential, batch_size=batch_size, batches=n_batches, facts_edited=n_edited,
+        edit_seconds=edit_s, stats_seconds=stats_s, phase_seconds=phases,
+        score_seconds=score_s, prompts_scored=n_scored, interrupted=interrupted,
+    )
