@@ -271,25 +271,24 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
         _emit_json({"session": str(folder.path), "header": j.header.to_dict(), "entries": [e.to_dict() for e in j.entries],
                     "active": sorted(active), "fingerprint": j.fingerprint, "queue": _facts_json(queue)})
         return
-    from rich.table import Table
-
     h = j.header
     out = _out_console()
-    out.print(f"session {folder.path}\nbase {h.model.name} ({h.model.fingerprint}) {h.dtype} on {h.device}; "
-              f"kedit {h.kedit_version}; seed {h.seed}; corpus {h.corpus}")
-    t = Table(title_justify="left")
-    for col in ("#", "when", "what", "method", "layers", "efficacy", "time"):
-        t.add_column(col)
+    out.print(f"session {folder.path}", markup=False)
+    out.print(f"base {h.model.name} ({h.model.fingerprint}), {h.dtype} on {h.device}; kedit {h.kedit_version}; "
+              f"seed {h.seed}; corpus {h.corpus}", markup=False)
     for e in j.entries:
         if isinstance(e, CommitEntry):
-            what = "; ".join(f"{f.text} → {f.target}" for f in e.facts)
-            state = "" if e.seq in active else " [undone]"
-            eff = f"{sum(s.argmax for s in e.efficacy)}/{len(e.efficacy)} argmax"
-            t.add_row(str(e.seq), e.time, what + state, e.method, ",".join(map(str, e.layers)), eff,
-                      f"{e.timings.get('total', 0):.1f}s")
+            state = "" if e.seq in active else "  [undone]"
+            hits = sum(sc.argmax for sc in e.efficacy)
+            out.print(f"#{e.seq} {e.time} commit {e.method} layers {','.join(map(str, e.layers))}: {len(e.facts)} fact(s), "
+                      f"{hits}/{len(e.efficacy)} argmax, {e.timings.get('total', 0):.1f}s{state}", markup=False)
+            for f, sc in zip(e.facts, e.efficacy):
+                out.print(f"    {'✓' if sc.argmax else '✗'} {f.text} → {f.target}   P {sc.prob_before:.3f} → {sc.prob:.3f}",
+                          markup=False)
         else:
-            t.add_row(str(e.seq), e.time, f"undo of #{e.undoes}", "", "", "", "")
-    out.print(t)
+            out.print(f"#{e.seq} {e.time} undo of #{e.undoes}", markup=False)
+    for i, f in enumerate(queue, 1):
+        out.print(f"queued {i}: {f.text} → {f.target}", markup=False)
     out.print(f"{len(active)} active commit(s); fingerprint {j.fingerprint}; {len(queue)} queued fact(s)")
 
 
@@ -389,7 +388,8 @@ def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = No
 
 @app.command("query")
 def query_cmd(
-    args: Annotated[list[str], typer.Argument(help="SESSION PROMPT, or only PROMPT with --model.", show_default=False)],
+    args: Annotated[list[str], typer.Argument(help="SESSION PROMPT, or only PROMPT with --model.", show_default=False,
+                                              metavar="[SESSION] PROMPT")],
     model: ModelOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="How many next tokens to show.")] = 5,
     device: DeviceOpt = None,
@@ -454,7 +454,7 @@ def replay_cmd(
 
     with ProgressPrinter() as progress:
         report = replay(journal, model=model, device=device, dtype=dtype, recompute=recompute, verify=verify, out=out,
-                        progress=progress)
+                        progress=progress, inner_progress=progress)
     if as_json:
         _emit_json(report.to_dict())
     else:

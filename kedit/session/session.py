@@ -101,14 +101,23 @@ class Session:
         return cls._open(folder, lm, journal)
 
     @classmethod
-    def open_or_create(cls, path_or_name, model: str = "default", method: str = "emmet", layers=None, device=None,
-                       dtype=None, corpus: str = "wiki-sample", seed: int = 0, query_quant: str = "none") -> "Session":
-        """Open the session if it exists (the creation arguments are then ignored), else create it."""
+    def open_or_create(cls, path_or_name, model: str = "default", method: str | None = None, layers=None, device=None,
+                       dtype=None, corpus: str = "wiki-sample", seed: int = 0, query_quant: str | None = None) -> "Session":
+        """Open the session if it exists, else create it.
+
+        On an existing session ``model``, ``corpus`` and ``seed`` are those it was created with;
+        ``method``/``layers`` and ``query_quant``, when given, change its settings for what follows.
+        """
         folder = SessionFolder(resolve(path_or_name))
         if folder.exists():
-            return cls.open(folder.path, device=device, dtype=dtype)
-        return cls.create(folder.path, model=model, method=method, layers=layers, device=device, dtype=dtype,
-                          corpus=corpus, seed=seed, query_quant=query_quant)
+            s = cls.open(folder.path, device=device, dtype=dtype)
+            if method is not None or layers is not None:
+                s.set_method(method or s.method, layers)
+            if query_quant is not None and query_quant != s.settings.query_quant:
+                s.set_query_quant(query_quant)
+            return s
+        return cls.create(folder.path, model=model, method=method or "emmet", layers=layers, device=device, dtype=dtype,
+                          corpus=corpus, seed=seed, query_quant=query_quant or "none")
 
     @classmethod
     def _start(cls, folder: SessionFolder, lm, settings: Settings) -> "Session":
