@@ -388,29 +388,57 @@ def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = No
 
 @app.command("query")
 def query_cmd(
-    args: Annotated[list[str], typer.Argument(help="SESSION PROMPT, or only PROMPT with --model.", show_default=False,
-                                              metavar="[SESSION] PROMPT")],
+    args: Annotated[list[str], typer.Argument(help="SESSION PROMPT..., or only PROMPT... with --model.", show_default=False,
+                                              metavar="[SESSION] PROMPT...")],
     model: ModelOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="How many next tokens to show.")] = 5,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    query_quant: Annotated[Optional[str], typer.Option(
+        "--query-quant", help="Answer from a bitsandbytes-quantised copy: none, int8 or nf4 (a session keeps the choice)."
+    )] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """What the model answers: a session's edited model, or a plain model with --model."""
+    """What the model answers: a session's edited model, or a plain model with --model.
+
+    Several prompts are answered in turn by one loaded model; with --json each answer is one JSON
+    object on its own line.
+    """
+    from kedit.editing.quant import normalize_mode
+
+    mode = normalize_mode(query_quant) if query_quant is not None else None  # a bad mode fails before any load
     if model is not None:
-        if len(args) != 1:
-            raise UsageError("with --model give only the prompt", hint='kedit query --model default "The capital of Japan is"')
-        prompt = args[0]
-        result = _query_plain(model, prompt, top_k, device, dtype)
+        prompts = list(args)
+        _check_prompts(prompts)
+        ask = _plain_asker(model, top_k, device, dtype, mode or "none")
         where = model
     else:
-        if len(args) != 2:
+        if len(args) < 2:
             raise UsageError("give a session and a prompt (or --model M and a prompt)",
                              hint='kedit query SESSION "The capital of Japan is"')
-        session, prompt = args
+        session, prompts = args[0], list(args[1:])
+        _check_prompts(prompts)
         s = _open(session, device, dtype, quiet=True)
-        result = s.query(prompt, top_k=top_k)
+        if mode is not None and mode != s.settings.query_quant:
+            from kedit.editing.quant import check_quant_support
+
+            check_quant_support(mode, s.lm.device)  # bitsandbytes missing / mode unsupported: say so now
+            s.set_query_quant(mode)
+
+        def ask(prompt: str):
+            return s.query(prompt, top_k=top_k)
+
         where = str(s.path)
+    for prompt in prompts:
+        _print_answer(ask(prompt), where, as_json)
+
+
+def _check_prompts(prompts: list[str]) -> None:
+    if not prompts or any(not p.strip() for p in prompts):
+        raise UsageError("empty prompt", hint='kedit query SESSION "The capital of Japan is"')
+
+
+def _print_answer(result, where: str, as_json: bool) -> None:
     if as_json:
         _emit_json({
             "source": where, "prompt": result.prompt, "continuation": result.continuation,
@@ -420,22 +448,36 @@ def query_cmd(
         })
         return
     out = _out_console()
-    out.print(f"{result.prompt}[bold]{result.continuation}[/]", markup=True)
-    out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.top))
+    out.print(f"{_escape(result.prompt)}[bold]{_escape(result.continuation)}[/]", markup=True)
+    out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.top), markup=False)
     if result.base_continuation is not None:
         out.print(f"  before the edits: {result.prompt}{result.base_continuation}", markup=False)
-        out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.base_top))
+        out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.base_top), markup=False)
 
 
-def _query_plain(model: str, prompt: str, top_k: int, device, dtype):
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none"):
+    """A function prompt → QueryResult over a plain (unedited) model, loaded once."""
     from kedit.editing import greedy, load_model, top_k_next
     from kedit.session.session import MAX_NEW_TOKENS, QueryResult
 
-    if not prompt.strip():
-        raise UsageError("empty prompt")
-    lm = load_model(model, device=device, dtype=dtype)
-    return QueryResult(prompt, greedy(lm.model, lm.tokenizer, prompt, MAX_NEW_TOKENS),
-                       top_k_next(lm.model, lm.tokenizer, prompt, top_k))
+    if query_quant != "none":
+        from kedit.editing.quant import build_quantized_copy
+
+        lm = build_quantized_copy(model, query_quant, device=device, dtype=dtype)  # checks bitsandbytes/device first
+    else:
+        lm = load_model(model, device=device, dtype=dtype)
+
+    def ask(prompt: str):
+        return QueryResult(prompt, greedy(lm.model, lm.tokenizer, prompt, MAX_NEW_TOKENS),
+                           top_k_next(lm.model, lm.tokenizer, prompt, top_k))
+
+    return ask
 
 
 @app.command("replay")
