@@ -64,7 +64,7 @@ demo() {
   keys "$t" "Eiffel Tower" Enter "The Eiffel Tower is located in the city of" Enter "London" Enter
   wait_for "$t" "1 queued" 30
   keys "$t" F3 "The Eiffel Tower is located in the city of" Enter
-  wait_for "$t" "answer" 120
+  wait_for "$t" "next +p" 300  # the top-k table of the answer
   tmux capture-pane -p -t "$t" > "$OUT/before-$1.txt"
   keys "$t" C-s
   wait_for "$t" "edits 1" 900

@@ -114,3 +114,18 @@ async def test_a_new_query_cancels_the_running_one(tiny):
         await pilot.pause()
         assert app.query_pane.result.prompt == "Rome is"
         assert [m.result.prompt for m in seen if isinstance(m, QueryAnswered)] == ["Rome is"]  # the first never came back
+
+
+async def test_a_failing_load_is_a_notification_not_a_crash(tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    seen = []
+    app = RecordingApp(target=str(tmp_path / "s"), model=str(empty))
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        await wait_until(pilot, lambda: any(sev == "error" for _, sev in app.notes), timeout=60, what="the error")
+        text, _ = next(n for n in app.notes if n[1] == "error")
+        assert "has no config.json" in text
+        assert app.is_running and app.session is None
+        assert "failed" in str(app.status.render())
+        await pilot.press("ctrl+s")  # still alive, and says why nothing happens
+        assert ("no session is open: Ctrl+P → Open another session", "warning") in app.notes

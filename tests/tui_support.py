@@ -35,10 +35,20 @@ def tiny_session(folder, tokenizer, seed: int = 0):
     return Session.attach(folder, lm)
 
 
+_SHARED: dict = {}
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tokenizer):
-    """One tiny-model session per test module (import this fixture into the module)."""
-    return tiny_session(tmp_path_factory.mktemp("tui") / "tiny", tokenizer)
+    """The tiny-model session of this test run (import this fixture into a module): made once,
+    since sampling its context prefixes is the slow part; each module gets it with an empty
+    queue and the default method."""
+    if "tiny" not in _SHARED:
+        _SHARED["tiny"] = tiny_session(tmp_path_factory.mktemp("tui") / "tiny", tokenizer)
+    s = _SHARED["tiny"]
+    s.clear_queue()
+    s.set_method("emmet")
+    return s
 
 
 async def type_into(pilot, selector: str, text: str) -> None:

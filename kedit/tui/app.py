@@ -185,8 +185,10 @@ class KeditApp(App):
     @property
     def busy(self) -> str | None:
         """Why the session cannot take a new action right now, or ``None``."""
-        if self.session is None or self.loading_session:
+        if self.loading_session:
             return "the session is still loading"
+        if self.session is None:
+            return "no session is open: Ctrl+P → Open another session"
         if self.committing:
             return "a commit is running (Esc cancels it)"
         if self.exporting:
@@ -202,6 +204,12 @@ class KeditApp(App):
         if action in ("commit", "undo"):
             return on_main  # priority bindings must not fire under a modal
         return True
+
+    async def action_quit(self) -> None:
+        """Quit; a running commit is cancelled first (nothing half-written stays behind)."""
+        if self._stop is not None:
+            self._stop.set()
+        self.exit()
 
     def action_focus_pane(self, pane: str) -> None:
         target = {"queue": "#subject", "query": "#query-input", "log": "#log-table"}[pane]
@@ -246,7 +254,7 @@ class KeditApp(App):
     def run_query(self, prompt: str) -> None:
         """Ask the model ``prompt`` in the ``query`` worker (cancelling a running query)."""
         if self.session is None:
-            self.notify("the model is still loading", severity="warning")
+            self.notify(self.busy or "no session is open", severity="warning")
             return
         self.last_prompt = prompt
         self.query_seq += 1
@@ -327,7 +335,7 @@ class KeditApp(App):
         self._commit_over()
         entry = message.entry
         self.notify(
-            f"committed {jv.n_facts(entry)} fact(s) in {message.seconds:.1f}s · efficacy {jv.efficacy(entry)}",
+            f"committed {jv.n_facts(entry)} fact(s) in {jv.seconds(entry):.1f}s · efficacy {jv.efficacy(entry)}",
             title=f"commit {jv.number(entry)}",
             timeout=6,
         )
@@ -510,7 +518,7 @@ class KeditApp(App):
             self._commit_over()
         elif message.action == "load":
             self._set_loading(False)
-            self.loading_session = self.session is None
+            self.loading_session = False
             if self.session is None:
                 self.status.show_loading("failed — Ctrl+P ‘Open another session’ or Ctrl+Q")
                 self.status.set_state("failed")

@@ -59,6 +59,16 @@ def efficacy(entry) -> str:
     return f"{hit}/{len(entry.efficacy)}"
 
 
+def efficacy_marks(entry, most: int = 8) -> str:
+    """Per fact ✓ (now the top answer) or ✗, then the count: ``✓✗ 1/2``."""
+    if not is_commit(entry) or not entry.efficacy:
+        return "–"
+    marks = "".join("✓" if s.argmax else "✗" for s in entry.efficacy[:most])
+    if len(entry.efficacy) > most:
+        marks += "…"
+    return f"{marks} {efficacy(entry)}"
+
+
 def first_prompt(entry) -> str | None:
     return entry.facts[0].text if is_commit(entry) and entry.facts else None
 
@@ -78,7 +88,7 @@ def view(entry, undone: set[int]) -> Row:
         if len(facts) > 1:
             what += f" (+{len(facts) - 1})"
         kind = "commit (undone)" if entry.seq in undone else "commit"
-        return Row(number(entry), kind, what, entry.method, _layers(entry), f"{seconds(entry):.1f}s", efficacy(entry))
+        return Row(number(entry), kind, what, entry.method, _layers(entry), f"{seconds(entry):.1f}s", efficacy_marks(entry))
     return Row(number(entry), "undo", f"takes back #{entry.undoes}", "", "", "", "")
 
 
@@ -99,7 +109,7 @@ def details(entry, undone: set[int] | None = None) -> Text:
     if timings:
         t.append(f"phases: {timings}\n", style="dim")
     lam = entry.hparams.get("lam") if isinstance(entry.hparams, dict) else None
-    if lam is not None:
+    if lam:  # EMMET and ROME are equality-constrained (λ 0): nothing to say
         t.append(f"λ {lam:g}\n", style="dim")
     t.append("\nfacts (P(target) before → after, ✓ = now the top answer):\n", style="bold")
     for i, f in enumerate(entry.facts):
