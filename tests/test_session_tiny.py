@@ -62,7 +62,7 @@ def private_cache(tmp_path, monkeypatch, tokenizer):
 def fast_hparams(model_dir, method="emmet", layers=(1,)) -> HParams:
     return dataclasses.replace(
         preset(str(model_dir), method, num_layers=4), layers=layers, stats_tokens=1500, stats_seq_len=64,
-        n_prefixes=2, prefix_len=3, values=ValueConfig(steps=4, early_stop=False),
+        n_prefixes=1, prefix_len=3, values=ValueConfig(steps=2, early_stop=False),
     )
 
 

@@ -152,6 +152,8 @@ class Session:
         known = {c.delta_file for c in journal.commits()}
         for orphan in store.orphans(folder.path, known):  # an interrupted commit's delta file
             orphan.unlink()
+        for tmp in folder.path.glob(".*.tmp*"):  # an interrupted atomic write of the queue or settings
+            tmp.unlink()
         deltas = [store.read_deltas(folder.path, c.delta_file, c.delta_sha256, c.seq) for c in journal.active_commits()]
         queue = read_queue(folder.queue_file)
         fixed = reconcile(queue, [(c.seq, c.facts) for c in journal.commits()])
