@@ -19,6 +19,9 @@ import typer
 from kedit.cli import app
 from kedit.errors import SessionError, UsageError
 
+EXIT_CODES = ("Exit codes: 0 ok, 1 error, 2 bad input, 3 missing package/model/device, 4 edit refused (weights untouched), "
+              "5 session or journal problem, 130 cancelled. KEDIT_DEBUG=1 shows tracebacks.")
+
 SessionArg = Annotated[str, typer.Argument(help="Session name (→ sessions/NAME/) or folder path.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model: 'default', a local folder or a hub id.")]
@@ -147,7 +150,7 @@ def _facts_json(facts) -> list[dict]:
     return [f.to_dict() | {"text": f.text} for f in facts]
 
 
-@app.command("add")
+@app.command("add", epilog=EXIT_CODES)
 def add_cmd(
     session: SessionArg,
     subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="The subject, e.g. 'Eiffel Tower'.")] = None,
@@ -211,7 +214,7 @@ def add_cmd(
               f"{'s' if len(facts) != 1 else ''}; {len(state.facts)} waiting for 'kedit commit {session}'")
 
 
-@app.command("queue")
+@app.command("queue", epilog=EXIT_CODES)
 def queue_cmd(
     session: SessionArg,
     remove: Annotated[Optional[int], typer.Option("--remove", help="Remove queued fact number N (from 1).")] = None,
@@ -249,7 +252,7 @@ def queue_cmd(
     _out_console().print(t)
 
 
-@app.command("log")
+@app.command("log", epilog=EXIT_CODES)
 def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
     """The session's history: base model, every commit and undo, the queue (no model is loaded)."""
     from kedit.session.journal import CommitEntry, read_journal
@@ -292,7 +295,7 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
     out.print(f"{len(active)} active commit(s); fingerprint {j.fingerprint}; {len(queue)} queued fact(s)")
 
 
-@app.command("repair")
+@app.command("repair", epilog=EXIT_CODES)
 def repair_cmd(
     session: SessionArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")] = False,
@@ -343,7 +346,7 @@ def _open(session: str, device: str | None, dtype: str | None, quiet: bool = Fal
     return s
 
 
-@app.command("commit")
+@app.command("commit", epilog=EXIT_CODES)
 def commit_cmd(
     session: SessionArg,
     method: MethodOpt = None,
@@ -375,7 +378,7 @@ def commit_cmd(
         out.print(f"  {mark} {f.text} → {f.target}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
 
 
-@app.command("undo")
+@app.command("undo", epilog=EXIT_CODES)
 def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = None, as_json: JsonOpt = False) -> None:
     """Take back the last commit (the weights return bit-identical to before it)."""
     s = _open(session, device, dtype, quiet=as_json)
@@ -386,7 +389,7 @@ def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = No
         _out_console().print(f"undid commit #{entry.undoes}; fingerprint {entry.fingerprint}")
 
 
-@app.command("query")
+@app.command("query", epilog=EXIT_CODES)
 def query_cmd(
     args: Annotated[list[str], typer.Argument(help="SESSION PROMPT..., or only PROMPT... with --model.", show_default=False,
                                               metavar="[SESSION] PROMPT...")],
@@ -480,7 +483,7 @@ def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none
     return ask
 
 
-@app.command("replay")
+@app.command("replay", epilog=EXIT_CODES)
 def replay_cmd(
     journal: Annotated[Path, typer.Argument(help="A journal.jsonl (or the session folder holding it).", show_default=False)],
     recompute: Annotated[bool, typer.Option("--recompute", help="Re-run every batch from its facts instead of applying stored deltas.")] = False,
@@ -514,7 +517,7 @@ def replay_cmd(
             out_c.print(f"wrote {report.out}")
 
 
-@app.command("export")
+@app.command("export", epilog=EXIT_CODES)
 def export_cmd(
     session: SessionArg,
     out_dir: Annotated[Path, typer.Argument(help="A new (or empty) folder for the checkpoint.", show_default=False)],
