@@ -21,6 +21,17 @@ PROMPT = "The Eiffel Tower is located in the city of"
 OTHER = "The capital of Japan is"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for these tests. On this shared 2-core machine two threads oversubscribe the
+    cores and OpenMP spin-waits: measured 6 min wall for the quant tests with 2 threads, 71 s with 1
+    (load average ~9 both times)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _hp():
     """The default preset, optimising δ for a fixed 6 steps: early stopping ends at the first step where
     the target is the argmax, a margin that 4-bit rounding noise can undo."""
@@ -80,37 +91,3 @@ def test_query_copy_follows_commit_and_undo(default_lm, edit, mode):
     assert top1(qc.model, tok) == "Paris"
     # only the edited projection was re-quantised
     assert all(m.weight is others[n] for n, m in qc.model.named_modules() if n in others)
-
-
-def test_load_nf4_edit_flips_fact_and_exports(default_lm, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    lm = quant.load_quantized_for_editing("default", "nf4", [LAYER], device="cpu", dtype="float32")
-    m, tok = lm.model, lm.tokenizer
-    name = arch.mlp_out_name(m, LAYER)
-    assert type(arch.mlp_out_module(m, LAYER)) is torch.nn.Linear
-    assert type(arch.mlp_out_module(m, LAYER + 1)).__name__ == "Linear4bit"
-    assert arch.weight_param(m, LAYER).dtype == torch.float32
-    assert quant.memory_bytes(m) < 0.4 * quant.memory_bytes(default_lm.model)
-    # the base model's identity does not depend on --load
-    base_fp = quant.base_fingerprint(lm)
-    assert base_fp == model_fingerprint(default_lm.model)
-    assert top1(m, tok) == "Paris"
-
-    # C0 through the nf4 model, on fewer tokens than the preset (dequantising 4-bit layers is slow on a CPU)
-    hp = dataclasses.replace(_hp(), stats_tokens=6000)
-    ed = Editor(m, tok, hp, (), f"{base_fp}-nf4", cache_dir=cache_dir())  # C0 through the nf4 model
-    result = ed.edit([FACT])
-    apply_deltas(m, list(result.deltas))
-    assert top1(m, tok) == "London"
-    assert top1(m, tok, OTHER) == "Tokyo"
-
-    out = tmp_path / "export"
-    rep = quant.export_full_precision(lm.path, {name + ".weight": arch.weight_param(m, LAYER)}, out)
-    assert rep.replaced == (name + ".weight",)
-    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert not any(quant.is_quantized_module(x) for x in plain.modules())
-    assert torch.equal(arch.weight_param(plain, LAYER), arch.weight_param(m, LAYER))
-    assert torch.equal(arch.weight_param(plain, LAYER + 1), arch.weight_param(default_lm.model, LAYER + 1))
-    assert top1(plain, tok) == "London"
-    assert top1(plain, tok, OTHER) == "Tokyo"

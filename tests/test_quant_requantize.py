@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from conftest import make_tiny_llama
+from test_quant_default import one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 from kedit.editing import arch, quant
 from kedit.errors import DeviceError, ExportError, MissingDependencyError, UsageError

@@ -1,0 +1,49 @@
+"""``--load nf4`` through the session API: a session on a model loaded quantised except its edit layer.
+
+The session takes the quantised model through ``Session.attach`` (a session on an already-loaded
+model), so commit, query, undo and export run their ordinary code on it. Smaller statistics and
+prefix settings than the preset keep the test short (4-bit layers are dequantised at every
+forward on a CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from test_quant_default import FACT, LAYER, OTHER, PROMPT, _hp, one_thread, top1  # noqa: F401 (autouse fixture)
+
+from kedit.editing import arch, model_fingerprint, quant
+
+
+def test_session_on_nf4_loaded_model(default_lm, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from kedit.session import Session
+
+    lm = quant.load_quantized_for_editing("default", "nf4", [LAYER], device="cpu", dtype="float32")
+    m = lm.model
+    assert type(arch.mlp_out_module(m, LAYER)) is torch.nn.Linear  # the edit layer stays full precision
+    assert arch.weight_param(m, LAYER).dtype == torch.float32
+    assert type(arch.mlp_out_module(m, LAYER + 1)).__name__ == "Linear4bit"
+    assert quant.memory_bytes(m) < 0.4 * quant.memory_bytes(default_lm.model)
+    assert quant.base_fingerprint(lm) == model_fingerprint(default_lm.model)  # identity independent of --load
+    hp = dataclasses.replace(_hp(), stats_tokens=6000, n_prefixes=1, prefix_len=5)
+    s = Session.attach(tmp_path / "s", lm, layers=(LAYER,), hparams=hp)
+    assert s.query(PROMPT).top[0].token.strip() == "Paris"
+    s.add(FACT)
+    entry = s.commit()
+    assert entry.efficacy[0].argmax
+    assert s.query(PROMPT).top[0].token.strip() == "London"  # the edited fact flips on the nf4 model
+    assert s.query(OTHER).top[0].token.strip() == "Tokyo"
+
+    out = s.export(tmp_path / "export")  # full-precision tensors: base checkpoint + the edited projection
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert not any(quant.is_quantized_module(x) for x in plain.modules())
+    assert torch.equal(arch.weight_param(plain, LAYER), arch.weight_param(lm.model, LAYER))
+    for l in (0, LAYER + 1, arch.num_layers(plain) - 1):  # unchanged tensors are the base checkpoint's
+        assert torch.equal(arch.weight_param(plain, l), arch.weight_param(default_lm.model, l))
+    assert top1(plain, default_lm.tokenizer) == "London"
+
+    s.undo()
+    assert s.query(PROMPT).top[0].token.strip() == "Paris"
