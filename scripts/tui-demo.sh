@@ -6,7 +6,7 @@
 #   bash scripts/tui-demo.sh            # 120x36, then 80x24
 #   SIZES="100x30" bash scripts/tui-demo.sh
 #
-# Screens go to $OUT (default: tui-demo-out/). Sessions live in a temp folder that is removed.
+# Screens go to $OUT (default: /tmp/kedit-tui-demo/). Sessions live in a temp folder that is removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,7 +20,7 @@ if ! command -v tmux >/dev/null 2>&1; then
   fi
 fi
 
-OUT=${OUT:-tui-demo-out}
+OUT=${OUT:-${TMPDIR:-/tmp}/kedit-tui-demo}
 SIZES=${SIZES:-"120x36 80x24"}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -67,7 +67,7 @@ demo() {
   wait_for "$t" "next +p" 300  # the top-k table of the answer
   tmux capture-pane -p -t "$t" > "$OUT/before-$1.txt"
   keys "$t" C-s
-  wait_for "$t" "edits 1" 900
+  wait_for "$t" " 1 edit " 900
   wait_for "$t" "before " 300  # the query pane re-ran the prompt: now and before, side by side
   sleep 1
   tmux capture-pane -p -t "$t" > "$OUT/after-$1.txt"

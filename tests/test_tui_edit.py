@@ -67,7 +67,7 @@ async def test_commit_changes_the_answer_and_undo_restores_it(session):
         r = row(app, "#log-table", 0)
         assert r[:5] == [f"#{entry.seq}", "commit", "Eiffel Tower → London", "emmet", str(session.layers[0])]
         assert r[6] == "✓ 1/1"  # efficacy: London is now the top answer
-        assert "edits 1" in str(app.status.render())
+        assert "1 edit ·" in str(app.status.render())
 
         # the query pane re-ran the last prompt: the edited answer next to the base one
         await wait_until(pilot, lambda: len(answers(seen)) >= 2 and app.query_pane.result is answers(seen)[-1].result,
@@ -102,7 +102,7 @@ async def test_commit_changes_the_answer_and_undo_restores_it(session):
         assert session.fingerprint() == base_fp  # bit-identical to before the commit
         assert app.query_one("#log-table").row_count == 2
         assert row(app, "#log-table", 0)[1] == "undo" and row(app, "#log-table", 1)[1] == "commit (undone)"
-        assert "edits 0" in str(app.status.render())
+        assert "0 edits" in str(app.status.render())
         await wait_until(pilot, lambda: len(answers(seen)) > n, timeout=300, what="the answer after the undo")
         assert answers(seen)[-1].result.continuation.strip().startswith("Paris")
         assert answers(seen)[-1].result.base_continuation is None

@@ -520,7 +520,7 @@ class KeditApp(App):
             self._set_loading(False)
             self.loading_session = False
             if self.session is None:
-                self.status.show_loading("failed — Ctrl+P ‘Open another session’ or Ctrl+Q")
+                self.status.show_loading("no session open — Ctrl+P ‘Open another session’ or Ctrl+Q")
                 self.status.set_state("failed")
             else:
                 self.status.show_session(self.session)

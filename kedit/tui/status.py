@@ -31,16 +31,17 @@ class StatusLine(Static):
         lm, hp = session.lm, session.hparams
         self.state = state
         edits = sum(len(c.facts) for c in session.active_commits())
+        # most useful first: a narrow terminal cuts the end of the line
         self.fields = {
-            "": session.name,
+            "session": session.name,
             "model": _short_model(lm.name),
-            "on": f"{lm.device} {str(lm.dtype).removeprefix('torch.')}",
             "method": f"{hp.method} L{','.join(str(l) for l in hp.layers)}",
-            "edits": str(edits),
+            "edits": f"{edits} edit{'s' if edits != 1 else ''}",
+            "device": f"{lm.device} {str(lm.dtype).removeprefix('torch.')}",
         }
         quant = getattr(getattr(session, "settings", None), "query_quant", "none")
         if quant and quant != "none":
-            self.fields["query"] = quant
+            self.fields["query"] = f"query {quant}"
         self._redraw()
 
     def set_state(self, state: str) -> None:
@@ -50,12 +51,12 @@ class StatusLine(Static):
     def _redraw(self) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(" kedit ", style="bold reverse")
-        for k, v in self.fields.items():
-            t.append(f" {k} " if k else " ", style="dim")
-            t.append(v, style="bold")
         style = {"ready": "green", "loading": "yellow", "committing": "magenta", "failed": "red"}.get(
             self.state.split()[0], "cyan"
         )
-        t.append("  ● ", style=style)
-        t.append(self.state, style=style)
+        t.append(" ● ", style=style)
+        t.append(self.state, style=f"bold {style}")
+        for i, (key, value) in enumerate(self.fields.items()):
+            t.append("  " if i == 0 else " · ", style="dim")
+            t.append(value, style="bold" if key in ("session", "edits") else "")
         self.update(t)
