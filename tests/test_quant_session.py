@@ -1,4 +1,4 @@
-"""``--load nf4`` through the session API: a session on a model loaded quantised except its edit layer.
+"""``--load nf4|int8`` through the session API: a session on a model loaded quantised except its edit layer.
 
 The session takes the quantised model through ``Session.attach`` (a session on an already-loaded
 model), so commit, query, undo and export run their ordinary code on it. Smaller statistics and
@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from test_quant_default import FACT, LAYER, OTHER, PROMPT, _hp, one_thread, top1  # noqa: F401 (autouse fixture)
 
 from kedit.editing import arch, model_fingerprint, quant
 
 
-def test_session_on_nf4_loaded_model(default_lm, tmp_path):
+@pytest.mark.parametrize("mode", ["nf4", "int8"])
+def test_session_on_quantised_model(default_lm, tmp_path, mode):
     from transformers import AutoModelForCausalLM
 
     from kedit.session import Session
 
-    lm = quant.load_quantized_for_editing("default", "nf4", [LAYER], device="cpu", dtype="float32")
+    lm = quant.load_quantized_for_editing("default", mode, [LAYER], device="cpu", dtype="float32")
     m = lm.model
     assert type(arch.mlp_out_module(m, LAYER)) is torch.nn.Linear  # the edit layer stays full precision
     assert arch.weight_param(m, LAYER).dtype == torch.float32
-    assert type(arch.mlp_out_module(m, LAYER + 1)).__name__ == "Linear4bit"
-    assert quant.memory_bytes(m) < 0.4 * quant.memory_bytes(default_lm.model)
+    assert quant.quant_mode_of(m) == mode and quant.is_quantized_module(arch.mlp_out_module(m, LAYER + 1))
+    assert quant.memory_bytes(m) < (0.4 if mode == "nf4" else 0.5) * quant.memory_bytes(default_lm.model)
     assert quant.base_fingerprint(lm) == model_fingerprint(default_lm.model)  # identity independent of --load
     hp = dataclasses.replace(_hp(), stats_tokens=6000, n_prefixes=1, prefix_len=5)
     s = Session.attach(tmp_path / "s", lm, layers=(LAYER,), hparams=hp)
@@ -34,7 +36,7 @@ def test_session_on_nf4_loaded_model(default_lm, tmp_path):
     s.add(FACT)
     entry = s.commit()
     assert entry.efficacy[0].argmax
-    assert s.query(PROMPT).top[0].token.strip() == "London"  # the edited fact flips on the nf4 model
+    assert s.query(PROMPT).top[0].token.strip() == "London"  # the edited fact flips on the quantised model
     assert s.query(OTHER).top[0].token.strip() == "Tokyo"
 
     out = s.export(tmp_path / "export")  # full-precision tensors: base checkpoint + the edited projection
