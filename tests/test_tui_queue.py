@@ -136,3 +136,23 @@ async def test_commit_with_an_empty_queue_says_so(session):
         assert ("the queue is empty: add a fact first", "warning") in app.notes
         await pilot.press("ctrl+z")
         assert ("nothing to undo", "warning") in app.notes
+
+
+async def test_clear_queue_from_the_palette_asks_first(session):
+    session.add_many([Fact("Colosseum", "The {} is located in", "Paris"), Fact("Louvre", "The {} is in", "Rome")])
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+p", *"Clear queue")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmScreen"
+        await pilot.press("n")
+        assert len(session.queue) == 2
+        await pilot.press("ctrl+p", *"Clear queue")
+        await pilot.pause(0.3)
+        await pilot.press("enter", "y")
+        await wait_until(pilot, lambda: session.queue == (), what="the queue to clear")
+        await pilot.pause()
+        assert app.query_one("#queue-table").row_count == 0
+        assert ("dropped 2 queued fact(s)", "information") in app.notes
