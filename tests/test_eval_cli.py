@@ -72,3 +72,57 @@ def test_ctrl_c_prints_the_figures_so_far():
     assert proc.returncode == 130
     res = json.loads(out)
     assert res["interrupted"] and 2 <= res["n_records"] < 6 and res["edited"]["n"] == res["n_records"]
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer):
+    """A tiny random Llama saved as a model folder, so the commands run end to end in seconds."""
+    from conftest import make_tiny_llama
+
+    d = tmp_path / "tiny"
+    make_tiny_llama(seed=21).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"Line {i}: the river {i % 5} runs past the mill, and {i * 7} sheep graze by the hill."
+                               for i in range(150)))
+    return d, corpus
+
+
+def tiny_env(tmp_path):
+    return {**os.environ, "KEDIT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+def kedit_env(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-c", "from kedit.cli import main; main()", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def test_sweep_and_scale_commands_on_a_tiny_model(tmp_path, tiny_model_dir):
+    model, corpus = tiny_model_dir
+    env = tiny_env(tmp_path)
+    png = tmp_path / "sweep.png"
+    proc = kedit_env(env, "sweep-layers", "--model", model, "--records", COUNTERFACT, "--limit", 2, "--layers", "1-2",
+                     "--corpus", corpus, "--plot", png)
+    assert proc.returncode == 0, proc.stderr
+    assert "layer 1" in proc.stdout and "layer 2" in proc.stdout and "baseline" in proc.stdout
+    assert "█" in proc.stdout or "·" in proc.stdout  # the terminal chart
+    assert png.stat().st_size > 1000
+
+    png = tmp_path / "scale.png"
+    proc = kedit_env(env, "scale", "--model", model, "--records", COUNTERFACT, "--total", 2, "--batch-sizes", "1,2",
+                     "--corpus", corpus, "--plot", png, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [(r["batch_size"], r["sequential"]) for r in out["rows"]] == [(1, False), (1, True), (2, False), (2, True)]
+    assert out["settings"]["batch_sizes"] == [1, 2] and out["plot"] == str(png) and png.stat().st_size > 1000
+
+
+def test_eval_table_on_zsre_with_a_tiny_model(tmp_path, tiny_model_dir):
+    from conftest import ZSRE
+
+    model, corpus = tiny_model_dir
+    proc = kedit_env(tiny_env(tmp_path), "eval", "--model", model, "--records", ZSRE, "--limit", 2, "--batch-size", 1,
+                     "--sequential", "--corpus", corpus)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("ES", "PS", "NS", "edited", "unedited", "sequential-batched", "s per fact", "prompts/s"):
+        assert word in proc.stdout, proc.stdout

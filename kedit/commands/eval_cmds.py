@@ -73,7 +73,7 @@ class _Setup:
             err.print(f"[dim]loading {model} …[/]")
         self.lm = load_model(model, device=device, dtype=dtype)
         self.model, self.tok = self.lm.model, self.lm.tokenizer
-        hp = preset(model if model != "default" else "smollm2-135m", method, num_layers=arch.num_layers(self.model))
+        hp = preset(model, method, num_layers=arch.num_layers(self.model))
         if layers:
             hp = replace(hp, layers=parse_ints(layers, "layers"))
         for l in hp.layers:
@@ -289,10 +289,10 @@ def sweep_layers_cmd(
         raise UsageError("sweep-layers edits one layer at a time", hint="use --method emmet or rome")
     recs = _load(records, offset, limit)
     s = _Setup(model, method, str(todo[0]), dtype, device, seed, corpus, threads, quiet=False)
-    for l in todo:
-        from kedit.editing import arch
+    from kedit.editing import arch
 
-        arch.mlp_out_module(s.model, l)
+    for l in todo:
+        arch.mlp_out_module(s.model, l)  # a clear error for a layer the model lacks
     b = batch_size or len(recs)
     with _Bar(True) as bar:
         exp = sweep_layers(s.model, s.tok, lambda l: s.editor((l,)), recs, todo, b, score_batch_size, bar)
