@@ -15,7 +15,7 @@ from kedit.editing import Editor, apply_deltas, arch, model_fingerprint, preset,
 from kedit.facts import Fact
 from kedit.paths import cache_dir
 
-LAYER = 3  # the default model's preset layer
+LAYER = 3  # an early layer where this fact edits well on the default model
 FACT = Fact("Eiffel Tower", "The {} is located in the city of", "London")
 PROMPT = "The Eiffel Tower is located in the city of"
 OTHER = "The capital of Japan is"
@@ -35,8 +35,7 @@ def one_thread():
 def _hp():
     """The default preset, optimising δ for a fixed 6 steps: early stopping ends at the first step where
     the target is the argmax, a margin that 4-bit rounding noise can undo."""
-    hp = preset("default", "emmet")
-    assert hp.layers == (LAYER,)
+    hp = dataclasses.replace(preset("default", "emmet"), layers=(LAYER,))
     return dataclasses.replace(hp, values=dataclasses.replace(hp.values, early_stop=False, steps=6))
 
 

@@ -15,6 +15,7 @@ import torch
 from test_quant_default import FACT, LAYER, OTHER, PROMPT, _hp, one_thread, top1  # noqa: F401 (autouse fixture)
 
 from kedit.editing import arch, model_fingerprint, quant
+from kedit.errors import UsageError
 
 
 @pytest.mark.parametrize("mode", ["nf4", "int8"])
@@ -46,6 +47,14 @@ def test_session_on_quantised_model(default_lm, tmp_path, mode):
     for l in (0, LAYER + 1, arch.num_layers(plain) - 1):  # unchanged tensors are the base checkpoint's
         assert torch.equal(arch.weight_param(plain, l), arch.weight_param(default_lm.model, l))
     assert top1(plain, default_lm.tokenizer) == "London"
+
+    # reopening loads the model the same way (settings.load) and finds the same base and weights
+    again = Session.open(s.path)
+    assert again.settings.load == mode and quant.quant_mode_of(again.lm.model) == mode
+    assert again.fingerprint() == s.fingerprint()
+    assert again.query(PROMPT).top[0].token.strip() == "London"
+    with pytest.raises(UsageError, match="quantised in this session"):
+        again.set_method("emmet", (LAYER + 1,))  # only the layer kept in full precision can be edited
 
     s.undo()
     assert s.query(PROMPT).top[0].token.strip() == "Paris"

@@ -164,6 +164,8 @@ def add_cmd(
     dtype: DtypeOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the context prefixes (new sessions).")] = 0,
     corpus: Annotated[str, typer.Option("--corpus", help="Statistics corpus (new sessions): wiki-sample, a path, hf:NAME.")] = "wiki-sample",
+    load: Annotated[Optional[str], typer.Option(
+        "--load", help="New sessions: load the model int8/nf4-quantised except the edit layers (bitsandbytes).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue facts for the next commit (creates the session if it does not exist; no model is loaded)."""
@@ -189,8 +191,10 @@ def add_cmd(
     created = False
     if not folder.exists():
         _check_model_light(model)
+        from kedit.editing.quant import normalize_mode
+
         settings = Settings(model=model or "default", method=method or "emmet", layers=layer_tuple, device=device,
-                            dtype=dtype, corpus=corpus, seed=seed)
+                            dtype=dtype, corpus=corpus, seed=seed, load=normalize_mode(load, option="--load"))
         queue = check_batch((), facts)  # validate before creating anything
         folder.create(settings)
         created = True
@@ -200,6 +204,9 @@ def add_cmd(
         if model is not None and model != settings.model:
             raise UsageError(f"session {folder.path} uses model {settings.model!r}, not {model!r}",
                              hint="start a new session for another model")
+        if load is not None and load != settings.load:
+            raise UsageError(f"session {folder.path} was started with --load {settings.load}, not {load}",
+                             hint="the load mode of a session is fixed; start a new session for another")
         if method is not None or layer_tuple is not None:
             settings = dataclasses.replace(with_method(settings, method or settings.method, layer_tuple), hparams=None)
         old = read_queue(folder.queue_file)

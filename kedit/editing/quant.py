@@ -634,3 +634,17 @@ def _set_module_state(module: nn.Module, st: tuple) -> None:
         module.state.idx = module.state.subB = None
     else:
         module.weight.copy_(st[1])
+
+
+def num_layers_from_config(name_or_path: str) -> int:
+    """Number of decoder blocks, from the config alone (no weights)."""
+    from transformers import AutoConfig
+
+    from kedit.editing.models import resolve
+
+    path, local = resolve(name_or_path)
+    cfg = AutoConfig.from_pretrained(path, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if n is None:
+        raise arch.UnsupportedArchitectureError(f"cannot tell the number of layers of {name_or_path!r} from its config")
+    return int(n)

@@ -67,10 +67,13 @@ class Settings:
     seed: int = 0
     query_quant: str = "none"
     hparams: dict | None = None  # explicit HParams.to_dict() for the next commits (None: the preset)
+    load: str = "none"  # int8/nf4: the model is loaded quantised except the edit layers (fixed at the start)
 
     def __post_init__(self) -> None:
         if self.query_quant not in QUERY_QUANTS:
             raise UsageError(f"unknown query quantisation {self.query_quant!r}", hint=f"choose one of {', '.join(QUERY_QUANTS)}")
+        if self.load not in QUERY_QUANTS:
+            raise UsageError(f"unknown --load mode {self.load!r}", hint=f"choose one of {', '.join(QUERY_QUANTS)}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
 

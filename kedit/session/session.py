@@ -62,16 +62,18 @@ class Session:
     @classmethod
     def create(cls, path_or_name, model: str = "default", method: str = "emmet", layers=None, device=None,
                dtype=None, corpus: str = "wiki-sample", seed: int = 0, query_quant: str = "none",
-               hparams=None) -> "Session":
-        """A new session folder (refused if one exists); loads the model and writes the journal header."""
+               hparams=None, load: str = "none") -> "Session":
+        """A new session folder (refused if one exists); loads the model and writes the journal header.
+
+        ``load`` int8/nf4 loads the model quantised except the MLP output projections of the layers
+        it edits, which stay in full precision (and are then the only layers it can edit).
+        """
         folder = SessionFolder(resolve(path_or_name))
-        settings = _settings(model, method, layers, device, dtype, corpus, seed, query_quant, hparams)
+        settings = _settings(model, method, layers, device, dtype, corpus, seed, query_quant, hparams, load)
         if folder.exists():
             raise SessionError(f"a session exists already at {folder.path}", hint="open it instead, or pick another name")
         _refuse_foreign_folder(folder)
-        from kedit.editing import load_model
-
-        lm = load_model(model, device=device, dtype=dtype)
+        lm = _load_session_model(settings, model, device, dtype)
         return cls._start(folder, lm, settings)
 
     @classmethod
@@ -81,7 +83,9 @@ class Session:
         folder = SessionFolder(resolve(path_or_name))
         if folder.has_journal():
             return cls._open(folder, lm)
-        settings = _settings(lm.name, method, layers, None, None, corpus, seed, query_quant, hparams)
+        from kedit.editing.quant import quant_mode_of
+
+        settings = _settings(lm.name, method, layers, None, None, corpus, seed, query_quant, hparams, quant_mode_of(lm.model))
         return cls._start(folder, lm, settings)
 
     @classmethod
@@ -92,17 +96,24 @@ class Session:
             raise SessionError(f"no session at {folder.path}", hint="create one with 'kedit add' (or check the name)")
         if not folder.has_journal():  # created by 'kedit add' without a model: load it now
             settings = folder.read_settings()
-            from kedit.editing import load_model
-
-            lm = load_model(settings.model, device=device or settings.device, dtype=dtype or settings.dtype)
+            lm = _load_session_model(settings, settings.model, device or settings.device, dtype or settings.dtype)
             return cls._start(folder, lm, settings)
         journal = read_journal(folder.journal_file)
-        lm = base_model.load_for(journal.header, folder.journal_file, device=device, dtype=dtype)
+        settings = folder.read_settings()
+        if settings.load != "none":  # the same layers in full precision as when it started: same quantised bytes
+            h = journal.header
+            keep = set(h.layers) | {l for c in journal.commits() for l in c.layers}
+            lm = _load_session_model(settings, h.model.name, base_model.pick_device_for(h.device, device),
+                                     dtype or h.dtype, keep_layers=keep)
+            base_model.check_base(lm, h, folder.journal_file)
+        else:
+            lm = base_model.load_for(journal.header, folder.journal_file, device=device, dtype=dtype)
         return cls._open(folder, lm, journal)
 
     @classmethod
     def open_or_create(cls, path_or_name, model: str = "default", method: str | None = None, layers=None, device=None,
-                       dtype=None, corpus: str = "wiki-sample", seed: int = 0, query_quant: str | None = None) -> "Session":
+                       dtype=None, corpus: str = "wiki-sample", seed: int = 0, query_quant: str | None = None,
+                       load: str | None = None) -> "Session":
         """Open the session if it exists, else create it.
 
         On an existing session ``model``, ``corpus`` and ``seed`` are those it was created with;
@@ -110,6 +121,9 @@ class Session:
         """
         folder = SessionFolder(resolve(path_or_name))
         if folder.exists():
+            if load is not None and load != folder.read_settings().load:
+                raise UsageError(f"session {folder.path} was started with --load {folder.read_settings().load}, not {load}",
+                                 hint="the load mode of a session is fixed; start a new session for another")
             s = cls.open(folder.path, device=device, dtype=dtype)
             if method is not None or layers is not None:
                 s.set_method(method or s.method, layers)
@@ -117,7 +131,7 @@ class Session:
                 s.set_query_quant(query_quant)
             return s
         return cls.create(folder.path, model=model, method=method or "emmet", layers=layers, device=device, dtype=dtype,
-                          corpus=corpus, seed=seed, query_quant=query_quant or "none")
+                          corpus=corpus, seed=seed, query_quant=query_quant or "none", load=load or "none")
 
     @classmethod
     def _start(cls, folder: SessionFolder, lm, settings: Settings) -> "Session":
@@ -275,6 +289,7 @@ class Session:
         with self._lock:
             settings = dataclasses.replace(with_method(self._settings, method, layers), hparams=None)
             hp = _hparams_for(settings, self._journal.header, self.lm)
+            _check_full_precision(self.lm, hp.layers, settings.load)
             settings = dataclasses.replace(settings, hparams=plain(hp))
             self._folder.write_settings(settings)
             self._settings, self.hparams = settings, hp
@@ -434,10 +449,44 @@ def _refuse_foreign_folder(folder: SessionFolder) -> None:
         raise SessionError(f"{folder.path} is a non-empty folder that is not a session", hint="pick another name or path")
 
 
-def _settings(model, method, layers, device, dtype, corpus, seed, query_quant, hparams) -> Settings:
+def _settings(model, method, layers, device, dtype, corpus, seed, query_quant, hparams, load="none") -> Settings:
     return Settings(model=model, method=method, layers=tuple(layers) if layers is not None else None, device=device,
                     dtype=dtype, corpus=corpus, seed=int(seed), query_quant=query_quant,
-                    hparams=hparams.to_dict() if hparams is not None and not isinstance(hparams, dict) else hparams)
+                    hparams=hparams.to_dict() if hparams is not None and not isinstance(hparams, dict) else hparams,
+                    load=load)
+
+
+def _load_session_model(settings: Settings, name: str, device, dtype, keep_layers=()):
+    """The session's model: plain, or (``settings.load`` int8/nf4) quantised except the MLP output
+    projections of ``keep_layers`` (default: the layers the next commit edits)."""
+    if settings.load == "none":
+        from kedit.editing import load_model
+
+        return load_model(name, device=device, dtype=dtype)
+    from kedit.editing import preset
+    from kedit.editing.quant import load_quantized_for_editing, num_layers_from_config
+
+    layers = set(keep_layers)
+    if not layers:
+        if settings.hparams is not None:
+            layers = set(settings.hparams["layers"])
+        elif settings.layers is not None:
+            layers = set(settings.layers)
+        else:
+            layers = set(preset(settings.model, settings.method, num_layers=num_layers_from_config(name)).layers)
+    return load_quantized_for_editing(name, settings.load, sorted(layers), device=device, dtype=dtype)
+
+
+def _check_full_precision(lm, layers, load: str) -> None:
+    """With --load int8/nf4 only the layers kept in full precision at the start can be edited."""
+    from kedit.editing import arch
+    from kedit.editing.quant import is_quantized_module
+
+    bad = [l for l in layers if is_quantized_module(arch.mlp_out_module(lm.model, l))]
+    if bad:
+        keep = [l for l in range(arch.num_layers(lm.model)) if not is_quantized_module(arch.mlp_out_module(lm.model, l))]
+        raise UsageError(f"layer(s) {bad} are loaded {load}-quantised in this session; only layer(s) {keep} can be edited",
+                         hint="start a new session with --load and the --layers to edit")
 
 
 def _hparams_for(settings: Settings, header: JournalHeader | None, lm):
