@@ -58,3 +58,32 @@ def test_session_on_quantised_model(default_lm, tmp_path, mode):
 
     s.undo()
     assert s.query(PROMPT).top[0].token.strip() == "Paris"
+
+
+def test_quantised_export_never_saves_quantised_weights(tmp_path, tokenizer, monkeypatch):
+    """When the base shards cannot be reused as they are (faked here: checkpoints with other tensor
+    names take this path), a quantised session still exports full-precision tensors."""
+    from conftest import make_tiny_llama
+    from transformers import AutoModelForCausalLM
+
+    import kedit.session.export as export_mod
+    from kedit.editing import preset
+    from kedit.session import Session
+
+    base = make_tiny_llama(seed=5)
+    base.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    lm = quant.load_quantized_for_editing(str(tmp_path / "tiny"), "nf4", [1], device="cpu", dtype="float32")
+    hp = dataclasses.replace(preset("tiny", "emmet"), layers=(1,), stats_tokens=2000, n_prefixes=0)
+    s = Session.attach(tmp_path / "s", lm, layers=(1,), hparams=hp)
+    s.add(FACT)
+    s.commit()
+    monkeypatch.setattr(export_mod, "_reuse_shards", lambda *a, **k: False)
+    out = s.export(tmp_path / "out")
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert not any(quant.is_quantized_module(x) for x in plain.modules())
+    assert torch.equal(arch.weight_param(plain, 1), arch.weight_param(lm.model, 1))
+    assert not torch.equal(arch.weight_param(plain, 1), arch.weight_param(base, 1))
+    for l in (0, 2, 3):
+        assert torch.equal(arch.weight_param(plain, l), arch.weight_param(base, l))
+    assert (out / "journal.jsonl").exists() and (out / "README.md").exists()

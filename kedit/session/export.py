@@ -77,10 +77,19 @@ def _write(lm, journal: Journal, tmp: Path, progress) -> None:
     src = Path(lm.path)
     reused = _reuse_shards(src, tmp, edited, lm.dtype, progress) if src.is_dir() else False
     if not reused:
-        _report(progress, 0, 1, "saving weights")
-        model.save_pretrained(tmp, safe_serialization=True)
-        lm.tokenizer.save_pretrained(tmp)
-        _report(progress, 1, 1, "weights saved")
+        from kedit.editing.quant import export_full_precision, quant_mode_of
+
+        if quant_mode_of(model) != "none":
+            # a --load int8/nf4 model must not be saved as it is: unchanged tensors come from the base
+            # checkpoint files, edited ones from the session (full precision either way)
+            _report(progress, 0, 1, "writing base tensors with the edited ones")
+            export_full_precision(lm.path, edited, tmp, base_model_prefix=getattr(model, "base_model_prefix", ""))
+            _report(progress, 1, 1, "weights written")
+        else:
+            _report(progress, 0, 1, "saving weights")
+            model.save_pretrained(tmp, safe_serialization=True)
+            lm.tokenizer.save_pretrained(tmp)
+            _report(progress, 1, 1, "weights saved")
     else:
         for f in sorted(src.iterdir()):
             if f.is_file() and f.name not in _SKIP and not f.name.endswith(_WEIGHT_SUFFIXES) and not f.name.startswith("."):
