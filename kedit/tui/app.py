@@ -177,6 +177,8 @@ class KeditApp(App):
         self.queue_pane.set_session(session)
         self.refresh_journal()
         self.sub_title = session.name
+        if self.last_prompt:  # another session was opened: ask its model the same prompt
+            self.run_query(self.last_prompt)
 
     def refresh_journal(self) -> None:
         self.log_pane.set_entries(self.session.entries())

@@ -66,6 +66,8 @@ class QueuePane(Vertical):
 
     def set_session(self, session) -> None:
         self.session = session
+        self.editing = None  # an edit in progress belonged to the previous session's queue
+        self.remove_class("-editing")
         self.refresh_queue()
         self.validate_form()
 
