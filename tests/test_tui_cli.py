@@ -13,7 +13,7 @@ from kedit.cli import app
 def test_tui_command_is_registered_with_its_options():
     result = CliRunner().invoke(app, ["tui", "--help"])
     assert result.exit_code == 0, result.output
-    for option in ("--model", "--method", "--layers", "--device", "--dtype", "--query-quant"):
+    for option in ("--model", "--method", "--layers", "--device", "--dtype", "--query-quant", "--load"):
         assert option in result.output
 
 

@@ -31,11 +31,16 @@ def tui(
     query_quant: Optional[str] = typer.Option(
         None, "--query-quant", help="Answer queries from a quantised copy: none, int8 or nf4 (default: the session's)."
     ),
+    load: Optional[str] = typer.Option(
+        None, "--load", help="New sessions: load the model int8/nf4-quantised except the edit layers (bitsandbytes)."
+    ),
 ) -> None:
     """Open the interactive editor: fact queue, live query and edit log over a session."""
+    from kedit.editing.quant import normalize_mode
     from kedit.tui.app import KeditApp
 
     KeditApp(
         target=session, model=model, method=method, layers=parse_layers(layers), device=device, dtype=dtype,
-        query_quant=query_quant,
+        query_quant=normalize_mode(query_quant) if query_quant is not None else None,
+        load=normalize_mode(load, option="--load") if load is not None else None,
     ).run()

@@ -85,12 +85,13 @@ class KeditApp(App):
         device: str | None = None,
         dtype: str | None = None,
         query_quant: str | None = None,
+        load: str | None = None,
     ) -> None:
         super().__init__()
         self.session = session
         self.target = target
         self.open_args = {"model": model, "method": method, "layers": layers, "device": device,
-                          "dtype": dtype, "query_quant": query_quant}
+                          "dtype": dtype, "query_quant": query_quant, "load": load}
         self.loading_session = session is None
         self.committing = False
         self.exporting = False
@@ -155,13 +156,8 @@ class KeditApp(App):
 
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         try:
+            # an existing session keeps its model; method, layers and query-quant, when given, switch it
             session = Session.open_or_create(target, **kwargs)
-            method, layers = kwargs.get("method"), kwargs.get("layers")
-            if (method and method != session.method) or (layers and tuple(layers) != session.layers):
-                session.set_method(method or session.method, layers)  # an existing session: switch
-            quant = kwargs.get("query_quant")
-            if quant and quant != session.settings.query_quant:
-                session.set_query_quant(quant)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a message
             self.post_message(WorkFailed("load", exc))
         else:
@@ -472,8 +468,11 @@ class KeditApp(App):
 
         def go(target: str | None) -> None:
             if target:
-                # an existing session loads its own model; a new one starts on the current model
-                self.open_args["model"] = self.session.lm.name if self.session is not None else None
+                # an existing session loads its own model and settings; a new one starts on the
+                # current model (the command line's method, layers, quantisation were for the first)
+                model = self.session.lm.name if self.session is not None else self.open_args.get("model")
+                self.open_args = {"model": model, "device": self.open_args.get("device"),
+                                  "dtype": self.open_args.get("dtype")}
                 self.query_seq += 1  # drop answers of the old session
                 self._start_loading(target)
 
