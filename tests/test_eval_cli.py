@@ -58,8 +58,8 @@ def test_emmet_on_32_counterfact_records():
 
 @pytest.mark.model
 def test_ctrl_c_prints_the_figures_so_far():
-    proc = subprocess.Popen([PY, "-c", "from kedit.cli import main; main()", "eval", "--records", COUNTERFACT,
-                             "--limit", 6, "--batch-size", 2, "--json"],
+    args = ["eval", "--records", COUNTERFACT, "--limit", 6, "--batch-size", 2, "--json"]
+    proc = subprocess.Popen([PY, "-c", "from kedit.cli import main; main()", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:  # plain progress lines (stderr is not a terminal)
