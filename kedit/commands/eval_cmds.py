@@ -185,7 +185,7 @@ def _emit(obj: dict) -> None:
 def _finish(interrupted: bool) -> None:
     if interrupted:
         _err().print("[yellow]interrupted:[/] the figures above cover what was measured before Ctrl-C")
-        raise typer.Exit(130)
+        sys.exit(130)  # not typer.Exit: click returns its code instead of exiting when not standalone
 
 
 @app.command("eval")
