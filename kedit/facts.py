@@ -62,15 +62,14 @@ class Fact:
             raise InvalidFactError(f"{name}: the subject is empty")
         if not self.target:
             raise InvalidFactError(f"{name}: the target is empty")
-        if self.prompt.count("{}") != 1:
-            if self.subject not in self.prompt:
-                raise InvalidFactError(
-                    f"{name}: the subject is not in the prompt",
-                    hint="write the prompt with '{}' where the subject goes, "
-                    "or with the subject spelled exactly as given",
-                )
+        n = self.prompt.count("{}")
+        if n > 1:
+            raise InvalidFactError(f"{name}: the prompt has {n} '{{}}'; it needs exactly one, for the subject")
+        if n == 0:
             raise InvalidFactError(
-                f"{name}: the prompt must contain exactly one '{{}}' for the subject"
+                f"{name}: the subject is not in the prompt",
+                hint="write the prompt with '{}' where the subject goes, "
+                "or with the subject spelled exactly as given",
             )
         if not self.prompt.replace("{}", "").strip():
             raise InvalidFactError(f"{name}: the prompt has no text besides the subject")
