@@ -44,7 +44,9 @@ def report(exc: KeditError) -> int:
 def main() -> None:
     debug = os.environ.get("KEDIT_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        # Not standalone: click returns the code of a typer.Exit instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except KeditError as exc:
         if debug:
             raise
@@ -54,14 +56,13 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:  # raised by commands to set the code
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # the command line's own usage errors (typer vendors click)
+        show = getattr(exc, "show", None)
+        if isinstance(exc, typer.TyperException) and callable(show):
+            show()
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
 
 
