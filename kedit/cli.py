@@ -64,7 +64,3 @@ def main() -> None:
             show()
             sys.exit(getattr(exc, "exit_code", 2))
         raise
-
-
-if __name__ == "__main__":
-    main()

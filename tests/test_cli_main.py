@@ -5,7 +5,7 @@ import sys
 
 
 def _kedit(*args):
-    return subprocess.run([sys.executable, "-m", "kedit.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "kedit", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_unknown_command_and_missing_argument_are_usage_errors():

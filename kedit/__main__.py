@@ -1,0 +1,5 @@
+"""``python -m kedit``: the same as the ``kedit`` command."""
+
+from kedit.cli import main
+
+main()
