@@ -343,3 +343,19 @@ def test_quantised_query_copy_follows_commits_and_undo(tmp_path, tiny_dir, corpu
     s.undo()
     assert s.query("The Eiffel Tower is located in the city of").top == before.top
     assert Session.open(s.path).settings.query_quant == "int8"
+
+
+def test_a_session_keeps_its_settings_when_the_preset_changes(tmp_path, tiny_dir, corpus, monkeypatch):
+    """A newer kedit whose preset picks another layer must not move an existing session's edits."""
+    lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    s = Session.attach(tmp_path / "s", lm, corpus=corpus)  # the preset's settings, pinned at creation
+    layers = s.hparams.layers
+    import kedit.editing.hparams as hparams_mod
+
+    moved = dataclasses.replace(hparams_mod.PRESETS["smollm2-135m"]["emmet"], layers=(layers[0] + 1,))
+    monkeypatch.setitem(hparams_mod.PRESETS, "smollm2-135m", {**hparams_mod.PRESETS["smollm2-135m"], "emmet": moved})
+    monkeypatch.setattr(hparams_mod, "family_of", lambda name, num_layers=None: "smollm2-135m")
+    again = Session.attach(tmp_path / "s", lm)
+    assert again.hparams.layers == layers
+    again.set_method("emmet")  # choosing the method anew takes the (new) preset
+    assert again.hparams.layers == (layers[0] + 1,)

@@ -125,7 +125,7 @@ def optimize_values(
     for p in packs:
         is_kl[p.kl_row] = True
     try:
-        with forward.restart_above(model, layer) as inject:
+        with forward.restart_above(model, layer) as inject, _attention_for_backward(device):
 
             def run(bucket: list[int], loss_acc: torch.Tensor, nll_acc: torch.Tensor, hits: list[list[bool]]) -> torch.Tensor:
                 """Forward the rows of ``bucket``; add each row's loss to its fact in ``loss_acc``."""
@@ -225,10 +225,24 @@ def optimize_values(
     )
 
 
-def length_buckets(lengths: list[int], max_rows: int, groups: int = 3) -> list[list[int]]:
+def _attention_for_backward(device):
+    """On CPU, PyTorch's flash-attention backward is ~9x its forward in bf16 (measured here); the
+    plain-math SDPA kernel backpropagates through ordinary matmuls and makes a value step 1.5x
+    faster. GPUs keep their fused kernels."""
+    import contextlib
+
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def length_buckets(lengths: list[int], max_rows: int, groups: int = 3, overhead: int = 96) -> list[list[int]]:
     """Indices grouped so that right-padding wastes little: sorted by length, cut into at most
-    ``groups`` runs chosen to minimise the padded token count (DP over distinct lengths), each
-    run split further to at most ``max_rows`` rows."""
+    ``groups`` runs chosen to minimise the padded token count plus ``overhead`` tokens for every
+    extra forward pass (DP over distinct lengths), each run split further to at most ``max_rows``
+    rows. A single fact's few rows stay one pass; a batch's hundreds are split."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     distinct = sorted(set(lengths))
     count = [sum(1 for x in lengths if x == d) for d in distinct]
@@ -247,7 +261,7 @@ def length_buckets(lengths: list[int], max_rows: int, groups: int = 3) -> list[l
                 c = best[g - 1][i] + (prefix[j] - prefix[i]) * distinct[j - 1]
                 if c < best[g][j]:
                     best[g][j], cut[g][j] = c, i
-    g = min(range(1, groups + 1), key=lambda g: best[g][n])
+    g = min(range(1, groups + 1), key=lambda g: best[g][n] + overhead * (g - 1))
     bounds, j = [], n
     while j > 0:
         i = cut[g][j]

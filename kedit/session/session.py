@@ -153,7 +153,9 @@ class Session:
         )
         _refuse_foreign_folder(folder)
         folder.path.mkdir(parents=True, exist_ok=True)
-        settings = dataclasses.replace(settings, dtype=header.dtype, device=header.device)
+        # Pin the hyper-parameters the session starts with: a later kedit whose preset differs
+        # (another default layer, say) must not change what this session's next commit does.
+        settings = dataclasses.replace(settings, dtype=header.dtype, device=header.device, hparams=plain(hp))
         folder.write_settings(settings)
         write_header(folder.journal_file, header)
         return cls._open(folder, lm, read_journal(folder.journal_file))
