@@ -60,7 +60,11 @@ class LogPane(Vertical):
         if self.entries:
             table.move_cursor(row=0)
         commits = sum(1 for e in self.entries if jv.is_commit(e))
-        self.border_subtitle = f"{len(self.entries)} entries, {commits} commits" if self.entries else "no edits yet"
+        n = len(self.entries)
+        self.border_subtitle = (
+            f"{n} {'entry' if n == 1 else 'entries'}, {commits} {'commit' if commits == 1 else 'commits'}"
+            if self.entries else "no edits yet"
+        )
 
     def selected(self):
         if not self.entries:
