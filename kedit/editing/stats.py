@@ -62,7 +62,7 @@ def collect_second_moments(
     if total == 0:
         raise UsageError(f"the statistics corpus {corpus.name!r} has no text")
     sums = {l: None for l in layers}
-    count = 0
+    done = 0  # tokens accumulated so far
     cur_mask: list[torch.Tensor] = []
 
     def make_hook(l: int):
@@ -79,7 +79,6 @@ def collect_second_moments(
     was_training = model.training
     model.eval()
     try:
-        done = 0
         for b in range(0, len(chunks), batch_size):
             if should_stop is not None and should_stop():
                 raise EditCancelled("statistics collection cancelled; nothing was cached")
@@ -95,14 +94,13 @@ def collect_second_moments(
                 model, max(layers), input_ids=input_ids.to(device), attention_mask=mask.long().to(device)
             )
             done += int(mask.sum())
-            count += int(mask.sum())
             if progress is not None:
                 progress(done, total)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {l: (sums[l] / count).float().cpu() for l in layers}
+    return {l: (sums[l] / done).float().cpu() for l in layers}
 
 
 def second_moments(
