@@ -96,7 +96,9 @@ class Editor:
         t0 = time.perf_counter()
         factors = self.factors(progress, should_stop)
         timings["statistics"] = time.perf_counter() - t0
-        originals = {l: arch.weight_param(self.model, l).detach().clone() for l in hp.layers}
+        # Only multi-layer MEMIT and multi-fact ROME change weights on the way (and restore them).
+        changes_on_the_way = len(hp.layers) > 1 or (hp.method == "rome" and len(facts) > 1)
+        originals = {l: arch.weight_param(self.model, l).detach().clone() for l in hp.layers} if changes_on_the_way else {}
         try:
             if hp.method == "rome" and len(facts) > 1:
                 # ROME is a single-fact method: edit one fact after another, each seeing the last.
