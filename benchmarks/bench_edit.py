@@ -111,6 +111,7 @@ def main() -> None:
     from kedit.editing import Editor, load_model, model_fingerprint, preset, sample_prefixes, score_targets
     from kedit.editing.delta import apply_deltas
     from kedit.editing import arch
+    from kedit.editing.values import _attention_for_backward
 
     facts = load_facts(args.records, args.facts)
     lm = load_model("default", device="cpu", dtype=args.dtype)
@@ -144,7 +145,8 @@ def main() -> None:
         t_loop = time.perf_counter() - t
 
     t = time.perf_counter()
-    ref_steps = reference_values(m, tok, facts, hp.layers[-1], prefixes, hp.values)
+    with _attention_for_backward(next(m.parameters()).device):  # the attention kernels kedit's own path uses
+        ref_steps = reference_values(m, tok, facts, hp.layers[-1], prefixes, hp.values)
     t_ref = time.perf_counter() - t
 
     w0 = arch.weight_param(m, hp.layers[0]).detach().clone()

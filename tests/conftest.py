@@ -66,6 +66,34 @@ def make_tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64, inter: int
     return model
 
 
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2", "gptj"]
+
+
+def make_tiny(family: str, seed: int = 0):
+    """A random-init 3-block model of one supported family (d_model 32, MLP width 64 or 128)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    small = dict(vocab_size=49152)
+    if family == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=128, **small)).eval()
+    if family == "gptj":
+        return tf.GPTJForCausalLM(tf.GPTJConfig(n_embd=32, n_layer=3, n_head=4, rotary_dim=4, n_positions=128, **small)).eval()
+    cfgs = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM),  # alternating sliding-window blocks, soft-capping
+    }
+    cfg_cls, model_cls = cfgs[family]
+    cfg = cfg_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, max_position_embeddings=128, **small)
+    return model_cls(cfg).eval()
+
+
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()

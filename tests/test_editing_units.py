@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from conftest import FAMILIES, make_tiny, make_tiny_llama
 from kedit.editing import arch, tokens
 from kedit.editing.delta import Delta, apply_deltas, fingerprint
 from kedit.editing.edit import Editor
@@ -207,30 +207,10 @@ def test_apply_refuses_non_finite_and_changes_nothing(tiny_llama):
     assert fingerprint(tiny_llama, [0, 1]) == before, "no delta is applied when one is bad"
 
 
-def _tiny(family):
-    import transformers as tf
-
-    small = dict(vocab_size=49152)
-    if family == "gpt2":
-        return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=128, **small))
-    if family == "gptj":
-        return tf.GPTJForCausalLM(tf.GPTJConfig(n_embd=32, n_layer=3, n_head=4, rotary_dim=4, n_positions=128, **small))
-    cfgs = {
-        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
-        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-    }
-    cfg_cls, model_cls = cfgs[family]
-    cfg = cfg_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, max_position_embeddings=128, **small)
-    return model_cls(cfg)
-
-
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gpt2", "gptj"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_edits(family, tokenizer, text_corpus, tmp_path):
     torch.manual_seed(0)
-    model = _tiny(family).eval().double()
+    model = make_tiny(family).double()
     d_out, d_in = arch.dims(model, 1)
     assert (d_out, d_in) == (32, model.config.to_dict().get("n_inner") or 4 * 32 if family in ("gpt2", "gptj") else 64)
     ed = _editor(model, tokenizer, text_corpus, tmp_path, steps=4)

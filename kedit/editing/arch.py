@@ -106,6 +106,14 @@ def output_embeddings(model: nn.Module) -> nn.Module:
     return head
 
 
+def logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from final hidden states (..., d_model) -> (..., V), as the model's own
+    forward computes them: the LM head, then Gemma-2's soft-capping ``c·tanh(z/c)`` if configured."""
+    z = output_embeddings(model)(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(z / cap) * cap if cap else z
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The decoder without the LM head (LlamaModel, GPT2Model, ...)."""
     return model.base_model

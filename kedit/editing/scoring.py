@@ -26,7 +26,7 @@ class TargetScore:
 def score_targets(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32) -> list[TargetScore]:
     assert len(prompts) == len(targets), f"{len(prompts)} prompts vs {len(targets)} targets"
     device = next(model.parameters()).device
-    head, body = arch.output_embeddings(model), arch.base_model(model)
+    body = arch.base_model(model)
     rows = []
     for p, t in zip(prompts, targets):
         prompt = tokens.ids(tok, p)
@@ -43,7 +43,7 @@ def score_targets(model, tok, prompts: list[str], targets: list[str], batch_size
         br = torch.tensor([j for j, r in enumerate(part) for _ in r.target_positions], device=device)
         bp = torch.tensor([p for r in part for p in r.target_positions], device=device)
         tt = torch.tensor([t for r in part for t in r.target_ids], device=device)
-        logp = head(last[br, bp]).float().log_softmax(-1)  # (P, V)
+        logp = arch.logits(model, last[br, bp]).float().log_softmax(-1)  # (P, V)
         tok_lp = logp.gather(1, tt[:, None])[:, 0]  # (P,)
         pred = logp.argmax(-1)  # (P,)
         hit = pred == tt  # (P,)

@@ -1,0 +1,115 @@
+"""Reusing the δ-independent prefix of every row (kedit/editing/prefix_cache.py), on tiny models.
+
+The value optimisation runs only the positions δ can reach; these tests check that this is the
+same computation as running whole rows, for every supported family, and that the safety nets
+(self-check, sliding windows, memory budget) fall back to whole rows.
+"""
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from conftest import FAMILIES, make_tiny, make_tiny_llama
+from kedit.editing import arch, forward, prefix_cache
+from kedit.editing.values import ValueConfig, optimize_values
+from kedit.facts import Fact
+
+FACTS = [
+    Fact("Eiffel Tower", "The {} is located in the city of", "London"),
+    Fact("Danielle Darrieux", "The mother tongue of {} is", "English"),
+]
+PREFIXES = ("A short prefix.", "Another, longer context prefix here.")
+
+
+def _ragged(R=4, T=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 1000, (R, T), generator=g)  # (R, T)
+    lengths = torch.tensor([12, 10, 9, 11])
+    start = torch.tensor([5, 3, 7, 0])  # one row with nothing to reuse
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()  # (R, T)
+    return ids, mask, lengths, start
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_suffix_pass_reproduces_the_full_forward(family):
+    model = make_tiny(family).double()
+    layer = 1
+    ids, mask, lengths, start = _ragged()
+    with torch.no_grad():
+        full = arch.base_model(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (R, T, d)
+        pre = prefix_cache.Prefill(model, layer, ids, mask, start, max_rows=3)  # two prefill chunks
+        assert pre.reusing
+        sel = torch.tensor([2, 0, 3, 1])
+        x = pre.batch(sel)
+        assert x.hidden.shape[1] == int((lengths - start)[sel].max())
+        with forward.restart_above(model, layer) as inject:
+            inject.hidden = x.hidden
+            out = arch.base_model(model)(input_ids=x.input_ids, attention_mask=x.attention_mask,
+                                         position_ids=x.position_ids, past_key_values=x.cache, use_cache=True).last_hidden_state
+    for i, r in enumerate(sel.tolist()):
+        n = int(lengths[r] - start[r])
+        torch.testing.assert_close(out[i, :n], full[r, start[r] : lengths[r]], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x.reference[i, :n], full[r, start[r] : lengths[r]], rtol=1e-5, atol=1e-6)
+    # (Gemma keeps its norms in float32, so float64 runs agree to ~1e-7, not 1e-15.)
+    # The logits are the model's own (Gemma-2 soft-caps them).
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(arch.logits(model, full), want, rtol=1e-5, atol=1e-6)
+
+
+def _values(model, tokenizer, **cfg):
+    return optimize_values(model, tokenizer, FACTS, 1, PREFIXES, ValueConfig(steps=5, lr=0.3, **cfg))
+
+
+def test_reuse_gives_the_same_values_as_whole_rows(tokenizer):
+    model = make_tiny_llama().double()
+    reused = _values(model, tokenizer)
+    whole = _values(model, tokenizer, reuse_prefix=False)
+    assert reused.steps == whole.steps
+    torch.testing.assert_close(reused.delta, whole.delta, rtol=1e-5, atol=1e-7)  # δ is float32
+    assert reused.nll == pytest.approx(whole.nll, rel=1e-6)
+
+
+def test_a_cache_that_disagrees_falls_back_to_whole_rows(tokenizer, monkeypatch, caplog):
+    """Stands in for a transformers version that lays out its cache differently: the first step's
+    self-check (δ = 0 must reproduce the prefill) catches it and whole rows are run instead."""
+    model = make_tiny_llama().double()
+    whole = _values(model, tokenizer, reuse_prefix=False)
+    real_kv = prefix_cache._kv
+    monkeypatch.setattr(prefix_cache, "_kv", lambda cache, layer: tuple(2 * t for t in real_kv(cache, layer)))
+    with caplog.at_level(logging.WARNING, logger="kedit.editing.values"):
+        fell_back = _values(model, tokenizer)
+    assert "running whole rows" in caplog.text
+    torch.testing.assert_close(fell_back.delta, whole.delta, rtol=1e-5, atol=1e-7)  # δ is float32
+    assert fell_back.steps == whole.steps
+
+
+def test_sliding_window_shorter_than_the_rows_runs_whole_rows(tokenizer):
+    model = make_tiny("mistral").double()
+    ids, mask, _, start = _ragged()
+    assert prefix_cache.Prefill(model, 1, ids, mask, start, max_rows=8).reusing
+    model.config.sliding_window = 4  # the blocks now mask differently from one full 4D mask
+    pre = prefix_cache.Prefill(model, 1, ids, mask, start, max_rows=8)
+    assert not pre.reusing and pre.kv == []
+
+
+def test_memory_budget_runs_whole_rows(tokenizer, monkeypatch):
+    model = make_tiny_llama().double()
+    whole = _values(model, tokenizer, reuse_prefix=False)
+    ids, mask, _, start = _ragged()
+    monkeypatch.setattr(prefix_cache, "KV_BUDGET_BYTES", 0)
+    assert not prefix_cache.Prefill(model, 1, ids, mask, start, max_rows=8).reusing
+    capped = _values(model, tokenizer)
+    torch.testing.assert_close(capped.delta, whole.delta, rtol=1e-5, atol=1e-7)  # δ is float32
+
+
+def test_values_agree_in_bfloat16(tokenizer):
+    """In bf16 the two paths round differently; the optimised δ still agrees closely."""
+    model = make_tiny_llama(dtype=torch.bfloat16)
+    cfg = dict(early_stop=False)
+    a, b = _values(model, tokenizer, **cfg), _values(model, tokenizer, reuse_prefix=False, **cfg)
+    cos = torch.nn.functional.cosine_similarity(a.delta, b.delta, dim=-1)
+    assert float(cos.min()) > 0.99, cos
+    assert dataclasses.asdict(ValueConfig())["reuse_prefix"] is True
