@@ -7,10 +7,13 @@ embedded SmolLM2-135M and prints the time of each phase (statistics, keys, value
 facts per second for:
 
 * batched: kedit's engine, all facts of the batch optimised at once;
-* per-fact: kedit's engine called with one fact at a time (isolates what batching alone gives);
-* reference loop: the value optimisation as the reference ROME/MEMIT code runs it, one fact at a
+* one-fact loop: the value optimisation as the published ROME/MEMIT code runs it, one fact at a
   time, every step a full forward pass (all layers, a δ hooked at the edit layer, logits for
-  every position), same loss, optimiser and early stopping (values phase only).
+  every position), with the same rows, loss, optimiser, early stopping and attention kernels
+  (values phase only). This is the loop the ≥ 3x target compares against;
+* per-fact: kedit's own engine called with one fact at a time. It shares everything that makes
+  one step cheap (lower blocks and each row's prefix run once, the LM head only at the targets),
+  so the ratio to it is what batching alone gives.
 
 Statistics are computed fresh in a temporary cache once and then reused, so the runs compare the
 edit itself.
@@ -35,6 +38,10 @@ def load_facts(path: Path, n: int):
 
     recs = json.loads(path.read_text())[:n]
     return [Fact.from_text(r["subject"], r["prompt"], r["target_new"]) for r in recs]
+
+
+def load_truths(path: Path, n: int) -> list[str]:
+    return [r["ground_truth"] for r in json.loads(path.read_text())[:n]]
 
 
 def reference_values(model, tok, facts, layer, prefixes, cfg) -> list[int]:
@@ -151,8 +158,11 @@ def main() -> None:
 
     w0 = arch.weight_param(m, hp.layers[0]).detach().clone()
     apply_deltas(m, list(batched.deltas))
-    scores = score_targets(m, tok, [f.text for f in facts], [f.target for f in facts])
-    efficacy = sum(s.argmax for s in scores) / len(scores)
+    prompts = [f.text for f in facts]
+    new = score_targets(m, tok, prompts, [f.target for f in facts])
+    true = score_targets(m, tok, prompts, load_truths(args.records, args.facts))
+    efficacy = sum(a.nll < b.nll for a, b in zip(new, true)) / len(facts)  # CounterFact's efficacy score
+    greedy_hits = sum(a.argmax for a in new) / len(facts)
     with torch.no_grad():
         arch.weight_param(m, hp.layers[0]).copy_(w0)
 
@@ -164,16 +174,19 @@ def main() -> None:
         ("edit total", t_batched, t_loop, None),
     ]
     fmt = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
-    print(f"{'phase':<24}{'batched s':>12}{'per-fact s':>12}{'reference s':>13}")
+    print(f"{'phase':<24}{'batched s':>12}{'per-fact s':>12}{'1-fact loop s':>15}")
     for name, b, l, r in rows:
-        print(f"{name:<24}{fmt(b):>12}{fmt(l):>12}{fmt(r):>13}")
+        print(f"{name:<24}{fmt(b):>12}{fmt(l):>12}{fmt(r):>15}")
     print(f"{'facts/s (values)':<24}{len(facts) / batched.timings['values']:>12.2f}"
-          f"{len(facts) / loop_timings['values']:>12.2f}{len(facts) / t_ref:>13.2f}")
+          f"{len(facts) / loop_timings['values']:>12.2f}{len(facts) / t_ref:>15.2f}")
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    print(f"{'value steps (mean)':<24}{mean(batched.value_steps):>12.1f}{mean(loop_steps):>12.1f}{mean(ref_steps):>13.1f}")
-    print(f"value optimisation, batched vs reference loop: {t_ref / batched.timings['values']:.2f}x; "
-          f"vs kedit one fact at a time: {loop_timings['values'] / batched.timings['values']:.2f}x")
-    print(f"whole edit, batched vs one fact at a time: {t_loop / t_batched:.2f}x   efficacy of the batch: {efficacy:.0%}")
+    print(f"{'value steps (mean)':<24}{mean(batched.value_steps):>12.1f}{mean(loop_steps):>12.1f}{mean(ref_steps):>15.1f}")
+    print(f"values, batched vs the one-fact-at-a-time loop: {t_ref / batched.timings['values']:.2f}x (target >= 3x)")
+    print(f"values, batched vs kedit's engine one fact at a time (batching alone): "
+          f"{loop_timings['values'] / batched.timings['values']:.2f}x; whole edit {t_loop / t_batched:.2f}x")
+    print(f"batch of {len(facts)}: efficacy {efficacy:.0%} (new target more likely than the true one), "
+          f"greedy {greedy_hits:.0%} (new target is the greedy continuation)")
+
 
 if __name__ == "__main__":
     main()

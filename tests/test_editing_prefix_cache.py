@@ -113,3 +113,15 @@ def test_values_agree_in_bfloat16(tokenizer):
     cos = torch.nn.functional.cosine_similarity(a.delta, b.delta, dim=-1)
     assert float(cos.min()) > 0.99, cos
     assert dataclasses.asdict(ValueConfig())["reuse_prefix"] is True
+
+
+def test_records_from_before_prefix_reuse_recompute_on_whole_rows():
+    """A journal entry written before ``reuse_prefix`` existed was optimised on whole rows; a
+    ``--recompute`` replay must run that arithmetic again to reproduce its weights bit for bit."""
+    from kedit.editing import HParams, preset
+
+    hp = preset("default", "emmet")
+    d = hp.to_dict()
+    assert d["values"]["reuse_prefix"] is True and HParams.from_dict(d) == hp
+    del d["values"]["reuse_prefix"]
+    assert HParams.from_dict(d).values.reuse_prefix is False

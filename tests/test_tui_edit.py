@@ -3,6 +3,8 @@ entry and the changed answer, undo; Esc cancels a running commit without touchin
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -53,9 +55,12 @@ async def test_commit_changes_the_answer_and_undo_restores_it(session):
         await wait_until(pilot, lambda: len(session.queue) == 1, what="the queued fact")
         assert session.queue[0] == Fact("Eiffel Tower", "The {} is located in the city of", "London")
 
-        await pilot.press("ctrl+s")
-        assert app.committing and app.progress_view.display
+        shown = []  # (committing, progress shown) each time a progress report reaches the view
+        real_report = app.progress_view.report
+        app.progress_view.report = lambda p: (shown.append((app.committing, app.progress_view.display)), real_report(p))
+        await pilot.press("ctrl+s")  # the commit can finish before the press returns: check what the reports saw
         await wait_until(pilot, lambda: any(isinstance(m, CommitFinished) for m in seen), timeout=600, what="the commit")
+        assert shown and all(c and d for c, d in shown), shown
         phases = {m.progress.phase for m in seen if isinstance(m, CommitProgressed)}
         assert {"values", "keys", "solve", "apply"} <= phases
         assert not app.committing and not app.progress_view.display
@@ -108,13 +113,25 @@ async def test_commit_changes_the_answer_and_undo_restores_it(session):
         assert answers(seen)[-1].result.base_continuation is None
 
 
-async def test_escape_cancels_a_running_commit_and_no_weight_changes(session):
+async def test_escape_cancels_a_running_commit_and_no_weight_changes(session, monkeypatch):
     seen = []
     layer = session.layers[0]
     weight = arch.weight_param(session.lm.model, layer)
     before = weight.detach().clone()
     entries, deltas = len(session.entries()), sorted(session.path.glob("deltas/*"))
     session.add(Fact("Colosseum", "The {} is located in the city of", "Berlin"))
+    # A one-fact edit can finish in well under a second: hold the real commit at its first value
+    # step until Esc has been pressed, so the test does not race it.
+    gate, real_commit = threading.Event(), session.commit
+
+    def gated_commit(progress=None, should_stop=None):
+        def held(p):
+            progress(p)
+            if p.phase == "values":
+                gate.wait(timeout=300)
+        return real_commit(progress=held, should_stop=should_stop)
+
+    monkeypatch.setattr(session, "commit", gated_commit)
     app = RecordingApp(session=session)
     async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
         await pilot.press("ctrl+s")
@@ -123,6 +140,7 @@ async def test_escape_cancels_a_running_commit_and_no_weight_changes(session):
             timeout=600, what="the value optimisation to start",
         )
         await pilot.press("escape")
+        gate.set()
         await wait_until(pilot, lambda: any(isinstance(m, CommitCancelled) for m in seen), timeout=300, what="the cancel")
         assert not any(isinstance(m, CommitFinished) for m in seen)
         assert not app.committing and not app.progress_view.display
