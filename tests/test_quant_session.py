@@ -87,3 +87,44 @@ def test_quantised_export_never_saves_quantised_weights(tmp_path, tokenizer, mon
     for l in (0, 2, 3):
         assert torch.equal(arch.weight_param(plain, l), arch.weight_param(base, l))
     assert (out / "journal.jsonl").exists() and (out / "README.md").exists()
+
+
+def test_a_load_journal_replays_on_the_full_model_and_recomputes_quantised(tmp_path, tokenizer):
+    """The base model's identity does not depend on --load: a journal recorded on an nf4 load
+    replays its stored deltas on the full-precision model with every fingerprint matching, and a
+    recompute (loading the model the way the session did) reproduces its weights bit for bit."""
+    from conftest import make_tiny_llama
+
+    from kedit.editing import load_model, preset
+    from kedit.session import Session
+    from kedit.session.replay import replay
+
+    make_tiny_llama(seed=5).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    full = load_model(str(tmp_path / "tiny"), device="cpu", dtype="float32")
+    lm = quant.load_quantized_for_editing(str(tmp_path / "tiny"), "nf4", [1], device="cpu", dtype="float32")
+    hp = dataclasses.replace(preset("tiny", "emmet"), layers=(1,), stats_tokens=2000, n_prefixes=1)
+    s = Session.attach(tmp_path / "s", lm, layers=(1,), hparams=hp)
+    assert s.header.load == "nf4"
+    assert s.header.model.fingerprint == model_fingerprint(full.model)  # the same base, however it is loaded
+    s.add(FACT)
+    s.commit()
+
+    on_full = replay(s.journal_path, load="none", verify=True)
+    assert not on_full.mismatches and on_full.fingerprint == s.fingerprint()
+    again = replay(s.journal_path, recompute=True, verify=True)  # nf4 again, as recorded
+    assert not again.mismatches and again.fingerprint == s.fingerprint()
+    with pytest.raises(UsageError, match="unknown --load mode"):
+        replay(s.journal_path, load="int3")
+
+
+def test_quantised_layers_take_no_delta(tiny_llama):
+    from kedit.editing.delta import Delta
+    from kedit.session.weights import LiveWeights
+
+    d_out, d_in = arch.dims(tiny_llama, 2)
+    w = LiveWeights(tiny_llama, frozen={2: "digest-of-the-base-tensor"})
+    before = w.fingerprint()
+    with pytest.raises(UsageError, match=r"layer\(s\) \[2\] are loaded quantised"):
+        w.apply([Delta(2, arch.mlp_out_name(tiny_llama, 2), torch.ones(d_out, 1), torch.ones(d_in, 1))])
+    assert w.fingerprint() == before and w.depth == 0

@@ -499,6 +499,8 @@ def replay_cmd(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The base model, if not where the journal says.")] = None,
     device: DeviceOpt = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Default: the journal's dtype.")] = None,
+    load: Annotated[Optional[str], typer.Option(
+        "--load", help="none (full precision), int8 or nf4. Default: as the session loaded it.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild a journal's edited model headlessly (checking its fingerprints)."""
@@ -506,7 +508,7 @@ def replay_cmd(
 
     with ProgressPrinter() as progress:
         report = replay(journal, model=model, device=device, dtype=dtype, recompute=recompute, verify=verify, out=out,
-                        progress=progress, inner_progress=progress)
+                        progress=progress, inner_progress=progress, load=load)
     if as_json:
         _emit_json(report.to_dict())
     else:

@@ -80,10 +80,12 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def fingerprint(model, layers: list[int]) -> str:
-    """One digest over the editable projections of ``layers`` (order-independent of the list)."""
+def fingerprint(model, layers: list[int], known: dict[int, str] | None = None) -> str:
+    """One digest over the editable projections of ``layers`` (order-independent of the list).
+    ``known`` gives the digest of layers whose tensor the model does not hold as such (quantised)."""
+    known = known or {}
     h = hashlib.sha256()
     for l in sorted(set(layers)):
         h.update(f"{l}:".encode())
-        h.update(tensor_digest(arch.weight_param(model, l)).encode())
+        h.update((known[l] if l in known else tensor_digest(arch.weight_param(model, l))).encode())
     return h.hexdigest()[:32]

@@ -437,28 +437,33 @@ def _checkpoint_key(keys: set[str], name: str, prefix: str) -> str | None:
     return short if short in keys else None
 
 
-def base_fingerprint(lm) -> str:
-    """``model_fingerprint`` of the base model, also for a quantised-loaded one.
-
-    For a plain model this is ``model_fingerprint(lm.model)``. For a quantised one the editable
-    projections of the quantised layers are read from the checkpoint, cast to ``lm.dtype``: the
-    digest is then the one a full-precision load in that dtype gives (the base model's identity
-    does not depend on ``--load``).
-    """
-    from safetensors import safe_open
-
-    from kedit.editing.delta import tensor_digest
-    from kedit.editing.models import config_hash, model_fingerprint
-
+def base_layer_digests(lm) -> dict[int, str]:
+    """Digests of the base editable projections that a quantised load does not hold in full
+    precision, read from the checkpoint and cast to ``lm.dtype``: what a full-precision load in
+    that dtype has there. Empty for a plain model. These layers are never edited (only the layers
+    kept in full precision are), so the digests stand for them in every fingerprint."""
     model = lm.model
     if quant_mode_of(model) == "none":
-        return model_fingerprint(model)
-    import hashlib
-
+        return {}
     n = arch.num_layers(model)
     names = {l: arch.mlp_out_name(model, l) + ".weight" for l in range(n)}
     need = {l for l in range(n) if is_quantized_module(arch.mlp_out_module(model, l))}
-    digests: dict[int, str] = {l: tensor_digest(arch.weight_param(model, l)) for l in range(n) if l not in need}
+    key = (str(lm.path), str(lm.dtype), tuple(sorted(need)))
+    if key not in _DIGESTS:  # the checkpoint is read once per process (opening a session asks three times)
+        _DIGESTS[key] = _checkpoint_digests(lm, names, need)
+    return dict(_DIGESTS[key])
+
+
+_DIGESTS: dict[tuple, dict[int, str]] = {}
+
+
+def _checkpoint_digests(lm, names: dict[int, str], need: set[int]) -> dict[int, str]:
+    from safetensors import safe_open
+
+    from kedit.editing.delta import tensor_digest
+
+    model, need = lm.model, set(need)
+    digests: dict[int, str] = {}
     prefix = getattr(model, "base_model_prefix", "")
     for f in checkpoint_files(lm.path):
         with safe_open(str(f), framework="pt") as sf:
@@ -470,11 +475,19 @@ def base_fingerprint(lm) -> str:
                     need.discard(l)
     if need:
         raise ExportError(f"the base checkpoint {lm.path} lacks {', '.join(names[l] for l in sorted(need))}")
-    h = hashlib.sha256()
-    for l in range(n):
-        h.update(f"{l}:".encode())
-        h.update(digests[l].encode())
-    return f"{config_hash(model)}-{h.hexdigest()[:16]}"
+    return digests
+
+
+def base_fingerprint(lm, digests: dict[int, str] | None = None) -> str:
+    """``model_fingerprint`` of the base model, also for a quantised-loaded one: the quantised
+    layers count with their checkpoint digests (``base_layer_digests``), so the base model's
+    identity does not depend on ``--load``."""
+    from kedit.editing.delta import fingerprint
+    from kedit.editing.models import config_hash
+
+    model = lm.model
+    known = base_layer_digests(lm) if digests is None else digests
+    return f"{config_hash(model)}-{fingerprint(model, list(range(arch.num_layers(model))), known)[:16]}"
 
 
 # -- export ------------------------------------------------------------------------------------------

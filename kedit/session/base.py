@@ -12,14 +12,17 @@ from kedit.session.journal import BaseModelRef, JournalHeader
 
 
 def describe(lm) -> BaseModelRef:
-    from kedit.editing import arch, model_fingerprint
+    """The base model as a journal header records it (the same with or without ``--load``)."""
+    from kedit.editing import arch
     from kedit.editing.delta import fingerprint
     from kedit.editing.models import config_hash
+    from kedit.editing.quant import base_fingerprint, base_layer_digests
 
     n = arch.num_layers(lm.model)
+    digests = base_layer_digests(lm)
     return BaseModelRef(
-        name=lm.name, path=str(lm.path), config_hash=config_hash(lm.model), fingerprint=model_fingerprint(lm.model),
-        editable_fingerprint=fingerprint(lm.model, list(range(n))), model_type=lm.model.config.model_type,
+        name=lm.name, path=str(lm.path), config_hash=config_hash(lm.model), fingerprint=base_fingerprint(lm, digests),
+        editable_fingerprint=fingerprint(lm.model, list(range(n)), digests), model_type=lm.model.config.model_type,
         num_layers=n,
     )
 
@@ -43,10 +46,10 @@ def pick_device_for(recorded: str, device: str | None) -> str | None:
 
 def check_base(lm, header: JournalHeader, journal_path) -> str:
     """The loaded model's fingerprint; raises ``BaseModelMismatchError`` if it is not the header's."""
-    from kedit.editing import model_fingerprint
     from kedit.editing.models import dtype_name
+    from kedit.editing.quant import base_fingerprint
 
-    fp = model_fingerprint(lm.model)
+    fp = base_fingerprint(lm)
     if fp != header.model.fingerprint:
         hint = "replay it on the model it was recorded on (--model PATH if it moved)"
         if dtype_name(lm.dtype) != header.dtype:
@@ -60,17 +63,30 @@ def check_base(lm, header: JournalHeader, journal_path) -> str:
 
 
 def load_for(header: JournalHeader, journal_path, model: str | None = None, device: str | None = None,
-             dtype: str | None = None):
-    """Load the journal's base model (or ``model`` instead) in the journal's dtype, and check it."""
+             dtype: str | None = None, load: str | None = None, keep_layers=()):
+    """Load the journal's base model (or ``model`` instead) in the journal's dtype, and check it.
+
+    ``load`` (default: as the journal was recorded) ``none`` loads it in full precision; int8/nf4
+    quantised except the MLP output projections of ``keep_layers``.
+    """
     from kedit.editing import load_model
+    from kedit.editing.quant import load_quantized_for_editing, normalize_mode
     from kedit.errors import ModelNotFoundError
+
+    mode = normalize_mode(header.load if load is None else load, option="--load")
+
+    def load_one(name):
+        dev, dt = pick_device_for(header.device, device), dtype or header.dtype
+        if mode == "none":
+            return load_model(name, device=dev, dtype=dt)
+        return load_quantized_for_editing(name, mode, sorted(set(keep_layers) | set(header.layers)), device=dev, dtype=dt)
 
     name = model or header.model.name
     try:
-        lm = load_model(name, device=pick_device_for(header.device, device), dtype=dtype or header.dtype)
+        lm = load_one(name)
     except ModelNotFoundError:
         if model is None and name != header.model.path:
-            lm = load_model(header.model.path, device=pick_device_for(header.device, device), dtype=dtype or header.dtype)
+            lm = load_one(header.model.path)
         else:
             raise
     if lm.model.config.model_type != header.model.model_type:

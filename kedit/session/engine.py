@@ -27,8 +27,14 @@ def deterministic() -> None:
 
 class EditEngine:
     def __init__(self, lm, weights: LiveWeights, prefixes: tuple[str, ...], model_fp: str, corpus: str) -> None:
+        from kedit.editing.quant import quant_mode_of
+
         deterministic()
-        self.lm, self.weights, self.prefixes, self.model_fp, self.corpus = lm, weights, prefixes, model_fp, corpus
+        mode = quant_mode_of(lm.model)
+        # The base fingerprint does not depend on --load, but C0 measured through quantised blocks
+        # does: a quantised load keeps its own statistics.
+        self.model_fp = model_fp if mode == "none" else f"{model_fp}-{mode}"
+        self.lm, self.weights, self.prefixes, self.corpus = lm, weights, prefixes, corpus
         self._editors: dict[str, Editor] = {}
         self._ready: set[str] = set()  # editors whose C0 factors are loaded
 

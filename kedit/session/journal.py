@@ -60,6 +60,7 @@ class JournalHeader:
     prefixes: tuple[str, ...]  # context prefixes sampled once with ``seed``
     corpus: str  # statistics corpus spec ("wiki-sample", a path, "hf:...")
     corpus_fingerprint: str
+    load: str = "none"  # how the session loaded the model: "none" or int8/nf4 quantised except its edit layers
     format: int = FORMAT
     kind: str = "header"
 
@@ -74,7 +75,7 @@ class JournalHeader:
             kedit_version=d["kedit_version"], created=d["created"], model=BaseModelRef.from_dict(d["model"]),
             dtype=d["dtype"], device=d["device"], method=d["method"], layers=tuple(d["layers"]),
             hparams=d["hparams"], seed=int(d["seed"]), prefixes=tuple(d["prefixes"]), corpus=d["corpus"],
-            corpus_fingerprint=d["corpus_fingerprint"], format=int(d.get("format", FORMAT)),
+            corpus_fingerprint=d["corpus_fingerprint"], load=d.get("load", "none"), format=int(d.get("format", FORMAT)),
         )
 
 

@@ -63,10 +63,11 @@ def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = Fa
     """Replay ``journal`` on ``lm`` (already loaded and checked). Returns the report and the ``LiveWeights``."""
     from kedit.editing import HParams, Progress
     from kedit.session.engine import EditEngine
+    from kedit.editing.quant import base_layer_digests
     from kedit.session.weights import LiveWeights
 
     t0 = time.perf_counter()
-    weights = LiveWeights(lm.model)
+    weights = LiveWeights(lm.model, base_layer_digests(lm))
     engine = EditEngine(lm, weights, journal.header.prefixes, journal.header.model.fingerprint, journal.header.corpus)
     steps = []
     total = len(journal.entries)
@@ -105,15 +106,21 @@ def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = Fa
 
 def replay(journal_path, model: str | None = None, device: str | None = None, dtype: str | None = None,
            recompute: bool = False, verify: bool = False, out=None, progress: Callable | None = None,
-           inner_progress: Callable | None = None) -> ReplayReport:
-    """Load the journal's base model (checked), replay every entry, optionally export to ``out``."""
+           inner_progress: Callable | None = None, load: str | None = None) -> ReplayReport:
+    """Load the journal's base model (checked), replay every entry, optionally export to ``out``.
+
+    ``load`` defaults to the way the session loaded its model (the journal header's ``load``):
+    that is what makes ``recompute`` bit-identical for a ``--load nf4`` session. Stored deltas
+    replay exactly either way, so ``load="none"`` rebuilds such a journal on the full-precision model.
+    """
     from kedit.session import base as base_model
     from kedit.session.export import check_target, export_checkpoint
 
     journal = read_journal(journal_path)
     if out is not None:
         check_target(Path(out).expanduser().resolve())  # refuse before spending the time
-    lm = base_model.load_for(journal.header, journal.path, model=model, device=device, dtype=dtype)
+    keep = {l for c in journal.commits() for l in c.layers}
+    lm = base_model.load_for(journal.header, journal.path, model=model, device=device, dtype=dtype, load=load, keep_layers=keep)
     report, _ = replay_into(lm, journal, recompute=recompute, verify=verify, progress=progress, inner_progress=inner_progress)
     if out is not None:
         if report.mismatches:

@@ -51,7 +51,9 @@ class Session:
         self._journal = journal
         self._queue = queue
         self._lock = threading.RLock()
-        self._weights = LiveWeights(lm.model)
+        from kedit.editing.quant import base_layer_digests
+
+        self._weights = LiveWeights(lm.model, base_layer_digests(lm))
         self.base_fingerprint: str = journal.header.model.fingerprint
         self._engine = EditEngine(lm, self._weights, journal.header.prefixes, self.base_fingerprint, journal.header.corpus)
         self.hparams = _hparams_for(settings, journal.header, lm)
@@ -100,14 +102,10 @@ class Session:
             return cls._start(folder, lm, settings)
         journal = read_journal(folder.journal_file)
         settings = folder.read_settings()
-        if settings.load != "none":  # the same layers in full precision as when it started: same quantised bytes
-            h = journal.header
-            keep = set(h.layers) | {l for c in journal.commits() for l in c.layers}
-            lm = _load_session_model(settings, h.model.name, base_model.pick_device_for(h.device, device),
-                                     dtype or h.dtype, keep_layers=keep)
-            base_model.check_base(lm, h, folder.journal_file)
-        else:
-            lm = base_model.load_for(journal.header, folder.journal_file, device=device, dtype=dtype)
+        # with --load int8/nf4: the same layers in full precision as when it started, the same quantised bytes
+        keep = {l for c in journal.commits() for l in c.layers}
+        lm = base_model.load_for(journal.header, folder.journal_file, device=device, dtype=dtype, load=settings.load,
+                                 keep_layers=keep)
         return cls._open(folder, lm, journal)
 
     @classmethod
@@ -139,6 +137,7 @@ class Session:
         from kedit.editing import sample_prefixes
         from kedit.editing.corpus import load_corpus
         from kedit.editing.models import dtype_name
+        from kedit.editing.quant import quant_mode_of
         from kedit.session.engine import deterministic, plain
 
         deterministic()
@@ -150,6 +149,7 @@ class Session:
             kedit_version=__version__, created=now(), model=ref, dtype=dtype_name(lm.dtype),
             device=base_model.device_kind(lm.device), method=hp.method, layers=tuple(hp.layers), hparams=plain(hp),
             seed=settings.seed, prefixes=tuple(prefixes), corpus=settings.corpus, corpus_fingerprint=corpus.fingerprint,
+            load=quant_mode_of(lm.model),
         )
         _refuse_foreign_folder(folder)
         folder.path.mkdir(parents=True, exist_ok=True)

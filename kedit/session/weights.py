@@ -16,11 +16,15 @@ import torch
 
 from kedit.editing import arch
 from kedit.editing.delta import Delta, apply_deltas, fingerprint
+from kedit.errors import UsageError
 
 
 class LiveWeights:
-    def __init__(self, model) -> None:
+    def __init__(self, model, frozen: dict[int, str] | None = None) -> None:
+        """``frozen``: digests of the projections a quantised load holds packed (``quant.base_layer_digests``);
+        they are never edited and count with their full-precision digests in every fingerprint."""
         self.model = model
+        self.frozen = dict(frozen or {})
         self._base: dict[int, torch.Tensor] = {}  # layer -> untouched weight (own layout/dtype/device)
         self._applied: list[tuple[Delta, ...]] = []  # one tuple per active commit, in order
 
@@ -34,11 +38,15 @@ class LiveWeights:
 
     def fingerprint(self) -> str:
         """Digest of every editable projection (what journal entries record)."""
-        return fingerprint(self.model, list(range(arch.num_layers(self.model))))
+        return fingerprint(self.model, list(range(arch.num_layers(self.model))), self.frozen)
 
     @torch.no_grad()
     def apply(self, deltas: list[Delta] | tuple[Delta, ...]) -> None:
         """Apply one commit's deltas (all or nothing) on top of the current weights."""
+        quantised = sorted({d.layer for d in deltas} & set(self.frozen))
+        if quantised:
+            raise UsageError(f"layer(s) {quantised} are loaded quantised here and cannot take a delta",
+                             hint="load the model in full precision (--load none), or keep those layers in full precision")
         new_layers = [d.layer for d in deltas if d.layer not in self._base]
         saved = {l: arch.weight_param(self.model, l).detach().clone() for l in new_layers}
         apply_deltas(self.model, list(deltas))  # checks every new weight before writing any
