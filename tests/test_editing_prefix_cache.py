@@ -125,3 +125,26 @@ def test_records_from_before_prefix_reuse_recompute_on_whole_rows():
     assert d["values"]["reuse_prefix"] is True and HParams.from_dict(d) == hp
     del d["values"]["reuse_prefix"]
     assert HParams.from_dict(d).values.reuse_prefix is False
+
+
+def test_fact_groups_bound_the_rows_of_a_pass():
+    from kedit.editing.values import fact_groups
+
+    assert fact_groups([7, 7, 7], 14) == [[0, 1], [2]]
+    assert fact_groups([3, 20, 3, 3], 8) == [[0], [1], [2, 3]]  # a fact larger than the bound goes alone
+    assert fact_groups([], 8) == []
+
+
+def test_groups_of_facts_give_the_same_values_as_one_batch(tokenizer):
+    """A batch of thousands is optimised a few hundred rows at a time; each fact's δ is the same."""
+    model = make_tiny_llama().double()
+    facts = FACTS + [Fact("Colosseum", "The {} stands in", "Berlin")]
+    seen = []
+    cfg = ValueConfig(steps=5, lr=0.3)
+    one = optimize_values(model, tokenizer, facts, 1, PREFIXES, cfg)
+    grouped = optimize_values(model, tokenizer, facts, 1, PREFIXES, dataclasses.replace(cfg, max_rows=8),  # 4 rows a fact
+                              progress=lambda step, total, loss, done: seen.append(done))
+    assert grouped.steps == one.steps and grouped.converged == one.converged
+    torch.testing.assert_close(grouped.delta, one.delta, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grouped.h_init, one.h_init)
+    assert seen == sorted(seen) and seen[-1] == len(facts)  # facts done counts across groups

@@ -40,7 +40,7 @@ class StepInputs:
     cache: object | None  # a fresh DynamicCache holding the P cached positions, or None
     start: torch.Tensor  # (r,) position of suffix slot 0 in the full row
     valid: torch.Tensor  # (r, S) bool, False on right padding
-    reference: torch.Tensor  # (r, S, d_model) the prefill's last hidden state there (δ = 0)
+    reference: torch.Tensor | None  # (r, S, d_model) the prefill's last hidden state there (δ = 0), until checked
 
 
 def _kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,13 +117,17 @@ class Prefill:
         finally:
             handle.remove()
         self.hidden = torch.cat(hidden)  # (R, T, d_model)
-        self.last = torch.cat(last)  # (R, T, d_model)
+        self.last: torch.Tensor | None = torch.cat(last)  # (R, T, d_model), kept for the first step's check
         # per layer above `layer`: (R, kv_heads, P, head_dim) keys and values
         self.kv = [(torch.cat([c[i][0] for c in kv]), torch.cat([c[i][1] for c in kv])) for i in range(len(kv[0]))] if kv else []
 
     @property
     def reusing(self) -> bool:
         return bool(self.start.max() > 0)
+
+    def checked(self) -> None:
+        """The first step agreed with the prefill: its output is no longer needed."""
+        self.last = None
 
     def disable(self) -> None:
         """Run whole rows from now on (the self-check failed)."""
@@ -140,7 +144,7 @@ class Prefill:
         d = self.hidden.shape[-1]
         rows = sel[:, None].expand(r, S)
         hidden = self.hidden[rows, pos]  # (r, S, d_model)
-        reference = self.last[rows, pos]  # (r, S, d_model)
+        reference = self.last[rows, pos] if self.last is not None else None  # (r, S, d_model)
         ids = self.input_ids[rows, pos]  # (r, S)
         assert hidden.shape == (r, S, d), f"hidden {tuple(hidden.shape)} != ({r}, {S}, {d})"
         if P == 0:

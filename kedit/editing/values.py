@@ -80,20 +80,73 @@ def optimize_values(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ValueResult:
+    """δ for every fact. Facts are optimised in groups of at most ``cfg.max_rows`` rows (one
+    forward pass per step each), so the cached prefixes and hidden states of a batch of thousands
+    stay bounded; a fact's loss involves only its own rows, so its group changes nothing but the
+    kernels' shapes. Every fact is tokenised before any work starts (a bad one fails first)."""
+    per_fact = [
+        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in templates(f.prompt, prefixes)],
+         tokens.plain_row(tok, KL_TEMPLATE, f.subject))
+        for f in facts
+    ]
+    if not cfg.reuse_prefix:  # the arithmetic of records made before groups existed: one group
+        return _optimize_group(model, per_fact, tokens.pad_id(tok), layer, cfg, progress, should_stop)
+    parts, done_before = [], 0
+    for group in fact_groups([len(rw) + 1 for rw, _ in per_fact], cfg.max_rows):
+
+        def prog(step: int, total: int, loss: float, n_done: int, base: int = done_before) -> None:
+            if progress is not None:
+                progress(step, total, loss, base + n_done)
+
+        parts.append(_optimize_group(model, [per_fact[i] for i in group], tokens.pad_id(tok), layer, cfg, prog, should_stop))
+        done_before += len(group)
+    if len(parts) == 1:
+        return parts[0]
+    return ValueResult(
+        delta=torch.cat([r.delta for r in parts]),
+        h_init=torch.cat([r.h_init for r in parts]),
+        steps=sum((r.steps for r in parts), ()),
+        nll=sum((r.nll for r in parts), ()),
+        converged=sum((r.converged for r in parts), ()),
+    )
+
+
+def fact_groups(rows_per_fact: list[int], max_rows: int) -> list[list[int]]:
+    """Consecutive facts whose rows add up to at most ``max_rows`` (a larger fact alone)."""
+    groups: list[list[int]] = []
+    size = 0
+    for i, n in enumerate(rows_per_fact):
+        if not groups or size + n > max_rows:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups
+
+
+def _optimize_group(
+    model,
+    per_fact: list[tuple[list[tokens.Row], tokens.Row]],  # (rewrite rows, KL row) of each fact
+    pad: int,
+    layer: int,
+    cfg: ValueConfig,
+    progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+) -> ValueResult:
     device = next(model.parameters()).device
-    E = len(facts)
+    E = len(per_fact)
 
     # -- rows: every rewrite prompt of every fact, then each fact's KL prompt ----------------
     rows: list[tokens.Row] = []
     packs: list[_Pack] = []
-    for f in facts:
+    for rewrite, _ in per_fact:
         first = len(rows)
-        rows += [tokens.rewrite_row(tok, t, f.subject, f.target) for t in templates(f.prompt, prefixes)]
+        rows += rewrite
         packs.append(_Pack(rows=list(range(first, len(rows))), kl_row=-1))
-    for e, f in enumerate(facts):
+    for e, (_, kl_row) in enumerate(per_fact):
         packs[e].kl_row = len(rows)
-        rows.append(tokens.plain_row(tok, KL_TEMPLATE, f.subject))
-    input_ids, mask = tokens.collate(rows, tokens.pad_id(tok), device)  # (R, T)
+        rows.append(kl_row)
+    input_ids, mask = tokens.collate(rows, pad, device)  # (R, T)
     subj = torch.tensor([r.subject_index for r in rows], device=device)  # (R,)
 
     # -- once, without gradients: blocks 0..layer everywhere, and what δ cannot reach above it --
@@ -197,6 +250,7 @@ def optimize_values(
                         log.warning("cached prefix does not reproduce the full forward pass (%s); running whole rows", err)
                         pre.disable()
                         kl_init.clear()
+                pre.checked()
                 act = torch.tensor(active, device=device)
                 wd = cfg.weight_decay * delta[act].norm(dim=-1) / h_norm[act] ** 2  # (n_active,)
                 loss = loss_acc[act] + wd  # (n_active,)
