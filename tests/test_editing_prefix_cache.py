@@ -148,3 +148,15 @@ def test_groups_of_facts_give_the_same_values_as_one_batch(tokenizer):
     torch.testing.assert_close(grouped.delta, one.delta, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(grouped.h_init, one.h_init)
     assert seen == sorted(seen) and seen[-1] == len(facts)  # facts done counts across groups
+
+
+def test_a_model_that_returns_no_cache_runs_whole_rows(tokenizer):
+    """Gradient checkpointing in training mode turns the cache off; the prefill notices."""
+    model = make_tiny_llama().double()
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()  # renamed in transformers 5
+    model.train()
+    ids, mask, _, start = _ragged()
+    pre = prefix_cache.Prefill(model, 1, ids, mask, start, max_rows=8)
+    assert not pre.reusing and pre.kv == []
+    whole = _values(make_tiny_llama().double(), tokenizer, reuse_prefix=False)
+    torch.testing.assert_close(_values(model, tokenizer).delta, whole.delta, rtol=1e-5, atol=1e-7)

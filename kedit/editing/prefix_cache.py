@@ -50,6 +50,17 @@ def _kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cache.key_cache[layer], cache.value_cache[layer]
 
 
+def _filled(cache, layer: int) -> bool:
+    """Whether a forward pass left keys for ``layer`` in ``cache``."""
+    if cache is None:
+        return False
+    try:
+        keys, _ = _kv(cache, layer)
+    except (IndexError, AttributeError):
+        return False
+    return isinstance(keys, torch.Tensor) and keys.numel() > 0
+
+
 def _new_cache(model: nn.Module):
     from transformers import DynamicCache
 
@@ -106,16 +117,20 @@ class Prefill:
                     )
                     last.append(out.last_hidden_state)
                     hidden.append(got.pop())
+                    if P and not _filled(out.past_key_values, n_layers - 1):  # e.g. gradient checkpointing in training
+                        log.info("the model returned no key/value cache; running whole rows")
+                        kv, P = [], 0
                     if P:
                         kv.append([tuple(t[:, :, :P].contiguous() for t in _kv(out.past_key_values, l))
                                    for l in range(layer + 1, n_layers)])
-                        kv_bytes = sum(t.numel() * t.element_size() for pair in kv[-1] for t in pair)
-                        if kv_bytes * R / len(last[-1]) > KV_BUDGET_BYTES:
-                            log.info("prefix cache would take %.1f GiB; running whole rows", kv_bytes * R / len(last[-1]) / 2**30)
+                        kv_bytes = sum(t.numel() * t.element_size() for pair in kv[-1] for t in pair) * R / len(last[-1])
+                        if kv_bytes > KV_BUDGET_BYTES:
+                            log.info("prefix cache would take %.1f GiB; running whole rows", kv_bytes / 2**30)
                             kv, P = [], 0
-                            self.start = torch.zeros_like(start)
         finally:
             handle.remove()
+        if P == 0:
+            self.start = torch.zeros_like(start)
         self.hidden = torch.cat(hidden)  # (R, T, d_model)
         self.last: torch.Tensor | None = torch.cat(last)  # (R, T, d_model), kept for the first step's check
         # per layer above `layer`: (R, kv_heads, P, head_dim) keys and values
