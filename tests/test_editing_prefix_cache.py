@@ -160,3 +160,15 @@ def test_a_model_that_returns_no_cache_runs_whole_rows(tokenizer):
     assert not pre.reusing and pre.kv == []
     whole = _values(make_tiny_llama().double(), tokenizer, reuse_prefix=False)
     torch.testing.assert_close(_values(model, tokenizer).delta, whole.delta, rtol=1e-5, atol=1e-7)
+
+
+def test_attention_kernels_without_4d_masks_run_whole_rows():
+    """Flash attention takes no explicit mask; such a model (a GPU setting) runs whole rows."""
+    model = make_tiny_llama().double()
+    ids, mask, _, start = _ragged()
+    model.config._attn_implementation = "flash_attention_2"  # only read here; nothing runs with it
+    try:
+        assert not prefix_cache._reusable(model, ids.shape[1])
+    finally:
+        model.config._attn_implementation = "sdpa"
+    assert prefix_cache._reusable(model, ids.shape[1])

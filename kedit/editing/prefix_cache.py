@@ -71,9 +71,11 @@ def _new_cache(model: nn.Module):
 
 
 def _reusable(model: nn.Module, seq_len: int) -> bool:
-    """Whether a full-attention mask describes every block (no sliding window shorter than the rows)."""
+    """Whether an explicit 4D mask reaches the attention as given (eager and SDPA kernels; flash
+    attention takes none) and describes every block (no sliding window shorter than the rows)."""
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
     window = getattr(model.config, "sliding_window", None)
-    return not (isinstance(window, int) and window < seq_len)
+    return impl in ("eager", "sdpa") and not (isinstance(window, int) and window < seq_len)
 
 
 class Prefill:
