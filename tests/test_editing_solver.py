@@ -85,3 +85,29 @@ def test_factor_adds_ridge_only_when_needed():
     low_rank = torch.ones(5, 5, dtype=torch.float64)  # rank 1: needs a ridge
     f = solver.factor_c0(low_rank)
     assert f.jitter > 0 and torch.isfinite(f.L).all()
+
+
+@pytest.mark.parametrize("lam", [0.0, 50.0])
+def test_memory_of_earlier_edits_is_the_augmented_preservation_term(lam):
+    """With earlier keys Kp and weight α the solve is the plain one on C = C0 + α·KpKpᵀ (computed
+    by Woodbury from C0's factor); EMMET still meets every constraint, and Δ moves the earlier keys'
+    outputs less than without the memory."""
+    C0, K, W0, V = _problem(E=5)
+    g = torch.Generator().manual_seed(3)
+    Kp = torch.randn(48, 12, generator=g, dtype=torch.float64)  # (d_in, P)
+    R = V - W0 @ K
+    alpha = 2.0
+    U, Vf = solver.solve(K, R, solver.factor_c0(C0), lam=lam, memory=Kp, alpha=alpha)
+    Ud, Vd = solver.solve(K, R, solver.factor_c0(C0 + alpha * Kp @ Kp.T), lam=lam)
+    torch.testing.assert_close(U @ Vf.T, Ud @ Vd.T, rtol=1e-8, atol=1e-10)
+    U0, V0 = solver.solve(K, R, solver.factor_c0(C0), lam=lam)
+    moved = float((U @ Vf.T @ Kp).norm())
+    moved_without = float((U0 @ V0.T @ Kp).norm())
+    assert moved < 0.5 * moved_without, (moved, moved_without)
+    if lam == 0:
+        rel = (((W0 + U @ Vf.T) @ K - V).norm(dim=0) / V.norm(dim=0)).max()
+        assert rel < 1e-8
+    # no memory, or a zero weight, is the plain solve
+    for mem, a in ((Kp[:, :0], alpha), (Kp, 0.0)):
+        Uz, Vz = solver.solve(K, R, solver.factor_c0(C0), lam=lam, memory=mem, alpha=a)
+        torch.testing.assert_close(Uz @ Vz.T, U0 @ V0.T)

@@ -359,3 +359,27 @@ def test_a_session_keeps_its_settings_when_the_preset_changes(tmp_path, tiny_dir
     assert again.hparams.layers == layers
     again.set_method("emmet")  # choosing the method anew takes the (new) preset
     assert again.hparams.layers == (layers[0] + 1,)
+
+
+def test_a_commit_remembers_the_active_commits(tmp_path, tiny_dir, corpus):
+    """With ``preserve`` (on in the default preset) the second commit keeps what the weights say at
+    the first commit's keys far better than without; an undone commit is forgotten (replay of that
+    sequence, recomputed, is checked bit-identical above)."""
+    from kedit.editing import arch
+    from kedit.editing.keys import compute_keys
+
+    moved = {}
+    for preserve in (1.0, 0.0):
+        lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
+        hp = dataclasses.replace(fast_hparams(tiny_dir), preserve=preserve)
+        s = Session.attach(tmp_path / f"s{preserve}", lm, corpus=corpus, hparams=hp)
+        assert s.hparams.preserve == preserve
+        s.add(FACTS[0])
+        s.commit()
+        k0 = compute_keys(lm.model, lm.tokenizer, [FACTS[0]], [1], s.prefixes)[1].double()  # (d_in, 1)
+        w1 = arch.weight_view(lm.model, 1).detach().double().clone()
+        s.add(FACTS[2])
+        s.commit()
+        moved[preserve] = float(((arch.weight_view(lm.model, 1).detach().double() - w1) @ k0).norm())
+    assert moved[1.0] < 0.5 * moved[0.0], moved
+    assert fast_hparams(tiny_dir).preserve == 1.0 == preset("default", "emmet").preserve

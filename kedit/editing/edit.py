@@ -89,9 +89,15 @@ class Editor:
                 self._factors[l] = solver.factor_c0(c0.to(_solve_device(self.model)))
         return {l: self._factors[l] for l in self.hparams.layers}
 
-    def edit(self, facts: list[Fact], progress: ProgressFn | None = None, should_stop=None) -> EditResult:
+    def edit(self, facts: list[Fact], progress: ProgressFn | None = None, should_stop=None,
+             remember: tuple[Fact, ...] | list[Fact] = ()) -> EditResult:
+        """Deltas for ``facts`` (not applied). ``remember``: the facts of earlier edits still in
+        the model; with ``hparams.preserve`` > 0 the solve keeps what the weights now say at their
+        keys (a remembered fact that this batch edits again is left out)."""
         facts = validate_batch(list(facts))
         hp = self.hparams
+        again = {(f.subject, f.prompt) for f in facts}
+        keep = [f for f in remember if (f.subject, f.prompt) not in again] if hp.preserve > 0 else []
         timings = {p: 0.0 for p in PHASES}
         t0 = time.perf_counter()
         factors = self.factors(progress, should_stop)
@@ -104,7 +110,7 @@ class Editor:
                 # ROME is a single-fact method: edit one fact after another, each seeing the last.
                 parts = []
                 for f in facts:
-                    r = self._edit_batch([f], factors, timings, progress, should_stop)
+                    r = self._edit_batch([f], factors, timings, progress, should_stop, keep)
                     _apply_temporarily(self.model, r[0])
                     parts.append(r)
                 deltas = tuple(
@@ -117,7 +123,7 @@ class Editor:
                 nll = tuple(x for v in vr for x in v.nll)
                 conv = tuple(c for v in vr for c in v.converged)
             else:
-                deltas, v = self._edit_batch(facts, factors, timings, progress, should_stop)
+                deltas, v = self._edit_batch(facts, factors, timings, progress, should_stop, keep)
                 steps, nll, conv = v.steps, v.nll, v.converged
         finally:
             with torch.no_grad():
@@ -125,7 +131,7 @@ class Editor:
                     arch.weight_param(self.model, l).copy_(w)
         return EditResult(tuple(facts), tuple(deltas), timings, steps, nll, conv)
 
-    def _edit_batch(self, facts, factors, timings, progress, should_stop):
+    def _edit_batch(self, facts, factors, timings, progress, should_stop, remember):
         hp, model, tok = self.hparams, self.model, self.tok
         layers = sorted(hp.layers)
         z_layer = layers[-1]
@@ -158,11 +164,14 @@ class Editor:
             else:
                 cur = _bare_block_outputs(model, tok, facts, z_layer)  # (E, d_model)
                 R = (z - cur).T / (len(layers) - i)  # (d_model, E)  spread what remains
+            # earlier edits' keys under the weights as they are now: a replay recomputes the same
+            memory = compute_keys(model, tok, remember, [layer], self.prefixes)[layer] if remember else None  # (d_in, P)
             timings["keys"] += time.perf_counter() - t
             t = time.perf_counter()
             if progress:
                 progress(Progress("solve", i, len(layers), detail=f"layer {layer}"))
-            U, V = solver.solve(K, R, factors[layer], lam=hp.lam, names=names)  # (d_out, E), (d_in, E)
+            U, V = solver.solve(K, R, factors[layer], lam=hp.lam, names=names, memory=memory,
+                                alpha=hp.preserve)  # (d_out, E), (d_in, E)
             d = Delta(layer=layer, module=arch.mlp_out_name(model, layer), U=U.float().cpu(), V=V.float().cpu())
             if i < len(layers) - 1:
                 _apply_temporarily(model, [d])

@@ -26,6 +26,10 @@ class HParams:
     prefix_len: int = 10  # tokens per prefix
     stats_tokens: int = 100_000  # corpus tokens for C0
     stats_seq_len: int = 256
+    # Sequential editing: weight α of the earlier active edits' keys in the preservation term,
+    # C = C0 + α·KpKpᵀ (solver.py). C0 is a mean of kkᵀ, so α = 1 weighs each earlier key like
+    # the whole corpus. 0 (the default, and every record written before it existed) turns it off.
+    preserve: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -39,6 +43,8 @@ class HParams:
             )
         if self.lam < 0:
             raise UsageError(f"the preservation weight must be ≥ 0, got {self.lam}")
+        if not self.preserve >= 0:
+            raise UsageError(f"the weight of earlier edits must be ≥ 0, got {self.preserve}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,6 +95,9 @@ _SMOLLM2_EMMET = HParams(
     method="emmet", layers=(DEFAULT_LAYER,), lam=0.0,
     values=ValueConfig(lr=0.5, steps=25, clamp=4.0, kl_factor=0.0625, weight_decay=1e-3),
     stats_tokens=30_000,
+    # 30 sequential batches of 8 CounterFact facts (bf16): efficacy of all 240 at the end 92.1%
+    # with preserve 0, 97.1% with 1, 96.3% with 10; locality NLL +0.47, +0.36, +0.46.
+    preserve=1.0,
 )
 _SMOLLM2_MEMIT = HParams(
     method="memit", layers=(2, 3, 4), lam=15_000.0,

@@ -8,6 +8,12 @@ With keys K (d_in, E), residuals R = V − W0K (d_out, E) and the key second mom
 
 C0 is factored once per layer (Cholesky, float64); a batch then costs O(d_in²E + E³). Δ has
 rank ≤ E and is returned as factors: Δ = U Vᵀ with U (d_out, E) and V (d_in, E).
+
+Sequential editing: the keys Kp (d_in, P) of earlier edits can join the preservation term,
+C = C0 + α·KpKpᵀ, so a new batch also keeps what W now says at those keys (the memory idea of
+AlphaEdit, DESIGN.md §4). C⁻¹ is applied through the cached factor of C0 by Woodbury:
+
+    C⁻¹K = C0⁻¹K − B (I/α + KpᵀB)⁻¹ BᵀK,    B = C0⁻¹Kp                 O(d_in²P + P³)
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ def solve(
     factor: Factor,
     lam: float = 0.0,
     names: list[str] | None = None,
+    memory: torch.Tensor | None = None,  # (d_in, P) keys of earlier edits to preserve
+    alpha: float = 0.0,  # their weight: C = C0 + alpha·KpKpᵀ
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors (U, V), float64, with Δ = U Vᵀ. ``lam`` = 0 is EMMET/ROME, > 0 is MEMIT."""
     d_in, E = K.shape
@@ -57,6 +65,16 @@ def solve(
         raise SingularSolveError("keys or values are not finite; the model was left untouched")
 
     A = torch.cholesky_solve(K, factor.L)  # (d_in, E)  C0⁻¹K
+    if memory is not None and memory.shape[1] > 0 and alpha > 0:
+        assert memory.shape[0] == d_in, f"memory keys {tuple(memory.shape)} vs d_in {d_in}"
+        Kp = memory.double().to(factor.L.device)  # (d_in, P)
+        B = torch.cholesky_solve(Kp, factor.L)  # (d_in, P)  C0⁻¹Kp
+        S = Kp.T @ B  # (P, P)
+        S = 0.5 * (S + S.T) + torch.eye(S.shape[0], dtype=S.dtype, device=S.device) / alpha
+        Ls, info = torch.linalg.cholesky_ex(S)
+        if int(info) != 0:
+            raise SingularSolveError("the memory of earlier edits made the solve singular; the model was left untouched")
+        A = A - B @ torch.cholesky_solve(B.T @ K, Ls)  # (d_in, E)  C⁻¹K
     D = K.T @ A  # (E, E)  KᵀC0⁻¹K, symmetric PSD
     D = 0.5 * (D + D.T)
     M = D + lam * torch.eye(E, dtype=D.dtype, device=D.device)  # (E, E)

@@ -234,7 +234,8 @@ def evaluate(
                 progress(Tick("edit", before, n_facts, f"{p.phase} {p.detail}".strip()))
 
         t = time.perf_counter()
-        res = editor.edit([r.fact for r in batch], progress=prog)
+        remember = [r.fact for r in done] if sequential else []  # as a session remembers its active commits
+        res = editor.edit([r.fact for r in batch], progress=prog, remember=remember)
         dt = time.perf_counter() - t
         apply_deltas(model, list(res.deltas))
         stats = res.timings.get("statistics", 0.0)

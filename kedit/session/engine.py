@@ -46,7 +46,8 @@ class EditEngine:
             )
         return self._editors[key]
 
-    def edit(self, facts, hp: HParams, progress: ProgressFn | None = None, should_stop=None) -> EditResult:
+    def edit(self, facts, hp: HParams, progress: ProgressFn | None = None, should_stop=None, remember=()) -> EditResult:
+        """``remember``: the facts of the commits active before this one (``hp.preserve``)."""
         ed = self.editor(hp)
         t = time.perf_counter()
         if _key(hp) not in self._ready:
@@ -54,7 +55,7 @@ class EditEngine:
                 ed.factors(progress, should_stop)  # C0 of the base model (cached on disk after the first time)
             self._ready.add(_key(hp))
         stats_seconds = time.perf_counter() - t
-        result = ed.edit(list(facts), progress, should_stop)
+        result = ed.edit(list(facts), progress, should_stop, remember=tuple(remember))
         timings = dict(result.timings)
         timings["statistics"] = timings.get("statistics", 0.0) + stats_seconds
         return dataclasses.replace(result, timings=timings)

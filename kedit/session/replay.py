@@ -17,7 +17,7 @@ from typing import Callable
 
 from kedit.errors import ExportError, VerificationError
 from kedit.session import store
-from kedit.session.journal import CommitEntry, Journal, UndoEntry, read_journal
+from kedit.session.journal import CommitEntry, Journal, UndoEntry, active_commits, read_journal
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = Fa
             progress(Progress("replay", i, total, detail=_describe(e)))
         if isinstance(e, CommitEntry):
             if recompute:
-                result = engine.edit(list(e.facts), HParams.from_dict(e.hparams), inner_progress)
+                remember = [f for c in active_commits(journal.entries[:i]) for f in c.facts]
+                result = engine.edit(list(e.facts), HParams.from_dict(e.hparams), inner_progress, remember=remember)
                 deltas = result.deltas
             else:
                 deltas = store.read_deltas(journal.folder, e.delta_file, e.delta_sha256, e.seq)

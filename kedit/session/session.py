@@ -324,7 +324,8 @@ class Session:
             model, tok = self.lm.model, self.lm.tokenizer
             t0 = time.perf_counter()
             before = score_targets(model, tok, [f.text for f in facts], [f.target for f in facts])
-            result = self._engine.edit(facts, hp, progress, should_stop)
+            remember = [f for c in self._journal.active_commits() for f in c.facts]
+            result = self._engine.edit(facts, hp, progress, should_stop, remember)
             if should_stop is not None and should_stop():
                 raise EditCancelled("commit cancelled; no weight was changed")
             if progress:
