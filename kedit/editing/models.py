@@ -174,9 +174,10 @@ def config_hash(model) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def model_fingerprint(model) -> str:
-    """Identity of a base model: its config and every editable projection (all layers)."""
+def model_fingerprint(model, known: dict[int, str] | None = None) -> str:
+    """Identity of a base model: its config and every editable projection (all layers); ``known``
+    as in ``delta.fingerprint`` (digests of layers a quantised load holds packed)."""
     from kedit.editing import arch
     from kedit.editing.delta import fingerprint
 
-    return f"{config_hash(model)}-{fingerprint(model, list(range(arch.num_layers(model))))[:16]}"
+    return f"{config_hash(model)}-{fingerprint(model, list(range(arch.num_layers(model))), known)[:16]}"

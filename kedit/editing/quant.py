@@ -482,12 +482,9 @@ def base_fingerprint(lm, digests: dict[int, str] | None = None) -> str:
     """``model_fingerprint`` of the base model, also for a quantised-loaded one: the quantised
     layers count with their checkpoint digests (``base_layer_digests``), so the base model's
     identity does not depend on ``--load``."""
-    from kedit.editing.delta import fingerprint
-    from kedit.editing.models import config_hash
+    from kedit.editing.models import model_fingerprint
 
-    model = lm.model
-    known = base_layer_digests(lm) if digests is None else digests
-    return f"{config_hash(model)}-{fingerprint(model, list(range(arch.num_layers(model))), known)[:16]}"
+    return model_fingerprint(lm.model, base_layer_digests(lm) if digests is None else digests)
 
 
 # -- export ------------------------------------------------------------------------------------------
