@@ -39,6 +39,8 @@ class Fact:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fact":
+        if not isinstance(d, dict):
+            raise InvalidFactError(f"a fact must be an object with subject, prompt and target, not {type(d).__name__} {d!r:.60}")
         missing = [k for k in ("subject", "prompt", "target") if not isinstance(d.get(k), str)]
         if missing:
             raise InvalidFactError(f"fact {d!r} lacks the text field(s): {', '.join(missing)}")

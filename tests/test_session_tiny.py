@@ -172,8 +172,13 @@ def test_crash_leftovers_on_open(tmp_path, tiny_dir, corpus):
     # ...and a crash after the journal line but before the queue was emptied
     (s.path / "queue.json").write_text(json.dumps({"after": 0, "facts": [FACTS[0].to_dict()]}))
     again = Session.open(s.path)
-    assert sorted(p.name for p in deltas.iterdir()) == ["0001.safetensors"]
     assert again.queue == () and again.fingerprint() == c1.fingerprint
+    # opening (a query, an export) never deletes: the next commit, the writer, removes the leftovers
+    assert sorted(p.name for p in deltas.iterdir()) == [".0002.safetensors.tmp123", "0001.safetensors", "0002.safetensors"]
+    again.add(FACTS[1])
+    again.commit()
+    again.undo()
+    assert sorted(p.name for p in deltas.iterdir()) == ["0001.safetensors", "0002.safetensors"]
     # a delta file that changed or vanished is an error, never silently skipped
     data = (deltas / "0001.safetensors").read_bytes()
     (deltas / "0001.safetensors").write_bytes(data[:-4] + b"\0\0\0\0")
@@ -245,11 +250,13 @@ def test_replay_refuses_another_base_and_names_the_first_mismatch(tmp_path, tiny
     from kedit.editing import model_fingerprint
 
     assert model_fingerprint(load_model(str(other), device="cpu", dtype="float32").model) in str(exc.value)
-    # a journal whose recorded fingerprint is wrong: --verify names the entry
+    # a journal whose recorded fingerprint is wrong (its chain made anew, as a faulty writer would): --verify names the entry
+    from kedit.session.journal import chained
+
     lines = s.journal_path.read_text().splitlines()
     entry = json.loads(lines[1])
     entry["fingerprint"] = "0" * 32
-    lines[1] = json.dumps(entry)
+    lines[1] = json.dumps(chained(entry, entry["prev"]))
     s.journal_path.write_text("\n".join(lines) + "\n")
     with pytest.raises(VerificationError, match=r"entry #1 .* journal recorded 0{32}"):
         replay(s.journal_path, verify=True)

@@ -165,11 +165,8 @@ class Session:
         journal = journal or read_journal(folder.journal_file)
         base_model.check_base(lm, journal.header, folder.journal_file)
         settings = folder.read_settings()
-        known = {c.delta_file for c in journal.commits()}
-        for orphan in store.orphans(folder.path, known):  # an interrupted commit's delta file
-            orphan.unlink()
-        for tmp in folder.path.glob(".*.tmp*"):  # an interrupted atomic write of the queue or settings
-            tmp.unlink()
+        # Opening never deletes a file (queries and exports open sessions too): an interrupted
+        # commit's leftover delta file is removed by the next commit (``_remove_orphans``).
         deltas = [store.read_deltas(folder.path, c.delta_file, c.delta_sha256, c.seq) for c in journal.active_commits()]
         queue = read_queue(folder.queue_file)
         fixed = reconcile(queue, [(c.seq, c.facts) for c in journal.commits()])
@@ -310,7 +307,7 @@ class Session:
 
         Order on disk: the delta file (temp + fsync + rename), then the journal line (one write +
         fsync), then the emptied queue. A crash before the journal line leaves an orphan delta file
-        (removed on open); after it, the commit is complete (a stale queue is recognised on open).
+        (removed by the next commit; opening never deletes); after it, the commit is complete (a stale queue is recognised on open).
         ``should_stop`` cancels with ``EditCancelled`` before any weight or file changes.
         """
         from kedit.editing import Progress, score_targets
@@ -331,6 +328,7 @@ class Session:
             if progress:
                 progress(Progress("apply", 0, 2, detail="applying"))
             t = time.perf_counter()
+            self._remove_orphans()
             self._weights.apply(result.deltas)
             written: Path | None = None
             try:
@@ -364,6 +362,12 @@ class Session:
             if progress:
                 progress(Progress("apply", 2, 2, detail="done"))
             return entry
+
+    def _remove_orphans(self) -> None:
+        """Delta files no journal line names (an interrupted commit's): only a commit, the writer, removes them."""
+        known = {c.delta_file for c in self._journal.commits()}
+        for orphan in store.orphans(self.path, known):
+            orphan.unlink(missing_ok=True)
 
     def undo(self) -> UndoEntry:
         """Take back the last active commit; the weights become bit-identical to before it."""

@@ -17,6 +17,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Static
 
+from kedit.show import terminal_safe
+
 
 def show_token(token: str) -> str:
     """A token as a person reads it: leading space as ``␣``, control characters escaped."""
@@ -32,12 +34,12 @@ def answer_text(result) -> Text:
     base = getattr(result, "base_continuation", None)
     if base is None:
         out.append("answer ", style="bold")
-        out.append("…" + result.continuation.rstrip(), style="bold")
+        out.append("…" + terminal_safe(result.continuation.rstrip()), style="bold")
         return out
     out.append("now    ", style="bold")
-    out.append("…" + result.continuation.rstrip(), style="bold green")
+    out.append("…" + terminal_safe(result.continuation.rstrip()), style="bold green")
     out.append("\nbefore ", style="bold")
-    out.append("…" + base.rstrip(), style="yellow")
+    out.append("…" + terminal_safe(base.rstrip()), style="yellow")
     if base == result.continuation:
         out.append("  (unchanged)", style="dim")
     return out
