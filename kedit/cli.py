@@ -65,6 +65,11 @@ def run(args: list[str]) -> int:
         return exc.exit_code
     except typer.Abort:
         return 130
+    except OSError as exc:  # the file system said no (disk full, permissions, ...): not a kedit bug
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        return report(KeditError(f"{exc.strerror or exc}{where}", hint="KEDIT_DEBUG=1 shows where it happened"))
     except Exception as exc:  # the command line's own usage errors (typer vendors click)
         if isinstance(exc, typer.TyperException) and callable(getattr(exc, "show", None)):
             import io

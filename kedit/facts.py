@@ -107,8 +107,4 @@ def validate_batch(facts: list[Fact]) -> list[Fact]:
             f"conflicting facts in one batch: {a.text!r} → {a.target!r} and → {b.target!r}{more}",
             hint="keep one target per subject and prompt",
         )
-    unique: list[Fact] = []
-    for f in facts:
-        if f not in unique:
-            unique.append(f)
-    return unique
+    return list(dict.fromkeys(facts))  # first occurrence of each, in order (linear)

@@ -206,9 +206,9 @@ def add_cmd(
         settings = Settings(model=model or "default", method=method or "emmet", layers=layer_tuple, device=device,
                             dtype=dtype, corpus=corpus, seed=seed, load=normalize_mode(load, option="--load"))
         queue = check_batch((), facts)  # validate before creating anything
-        folder.create(settings)
+        state, before = QueueState(queue, 0), 0
+        _create_with_queue(folder, settings, state)
         created = True
-        state = QueueState(queue, 0)
     else:
         settings = folder.read_settings()
         if model is not None and model != settings.model:
@@ -220,15 +220,48 @@ def add_cmd(
         if method is not None or layer_tuple is not None:
             settings = dataclasses.replace(with_method(settings, method or settings.method, layer_tuple), hparams=None)
         old = read_queue(folder.queue_file)
-        state = QueueState(check_batch(old.facts, facts), _last_seq(folder))
+        state, before = QueueState(check_batch(old.facts, facts), _last_seq(folder)), len(old.facts)
         if method is not None or layer_tuple is not None:
             folder.write_settings(settings)
-    write_queue(folder.queue_file, state)
+        write_queue(folder.queue_file, state)
+    added = len(state.facts) - before  # exact duplicates (of the queue or within the file) are kept once
     if as_json:
-        _emit_json({"session": str(folder.path), "created": created, "added": len(facts), "queue": _facts_json(state.facts)})
+        _emit_json({"session": str(folder.path), "created": created, "added": added, "queue": _facts_json(state.facts)})
     else:
-        _info(f"{'created session ' + str(folder.path) + '; ' if created else ''}queued {len(facts)} fact"
-              f"{'s' if len(facts) != 1 else ''}; {len(state.facts)} waiting for 'kedit commit {session}'")
+        same = len(facts) - added
+        dup = f" ({same} already queued)" if same and added else ""
+        what = f"queued {added} fact{'s' if added != 1 else ''}{dup}" if added else \
+            f"nothing added: {'the fact is' if len(facts) == 1 else 'every fact is'} queued already"
+        _info(f"{'created session ' + _shown(folder.path) + '; ' if created else ''}{what}; "
+              f"{len(state.facts)} waiting for 'kedit commit {_shown(session)}'")
+
+
+def _shown(p) -> str:
+    from kedit.show import visible
+
+    return visible(p)
+
+
+def _create_with_queue(folder, settings, state) -> None:
+    """A new session folder with its settings and queue, or nothing at all (an error removes what was made)."""
+    from kedit.session.queue import write_queue
+
+    made = [] if folder.path.exists() else [p for p in (folder.path, *folder.path.parents) if not p.exists()]
+    try:
+        folder.create(settings)
+        write_queue(folder.queue_file, state)
+    except BaseException:
+        for f in (folder.queue_file, folder.settings_file):  # create() refuses a non-empty folder: these are ours
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass
+        for p in made:  # innermost first; only folders this call made, and only when empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
 
 
 @app.command("queue", epilog=EXIT_CODES)
@@ -241,6 +274,8 @@ def queue_cmd(
     """Show the facts waiting for the next commit (or remove some)."""
     from kedit.session.queue import QueueState, read_queue, write_queue
 
+    if remove is not None and clear:
+        raise UsageError("give --remove N or --clear, not both", hint="--clear empties the whole queue")
     folder = _folder(session)
     state = read_queue(folder.queue_file)
     if remove is not None or clear:

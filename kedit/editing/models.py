@@ -42,7 +42,10 @@ def pick_device(device: str | None = None) -> torch.device:
     """``cuda`` when present, else ``cpu``; a named device is checked."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"unknown device {device!r}", hint="use cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r} requested but CUDA is not available here", hint="use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():

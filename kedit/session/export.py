@@ -30,6 +30,9 @@ INDEX = "model.safetensors.index.json"
 
 
 def check_target(out_dir: Path) -> None:
+    from kedit.paths import check_new_place
+
+    check_new_place(out_dir, "an export", ExportError)  # a kernel file system, under a file, not writable
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(
             f"{out_dir} exists and is not an empty folder; not writing into it",

@@ -33,10 +33,14 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         raise UsageError("empty session name")
     p = Path(s).expanduser()
     if os.sep in s or "/" in s or s in (".", "..") or p.is_absolute():
-        return p.resolve()
-    if p.is_dir() and (p / SETTINGS_NAME).exists():
-        return p.resolve()
-    return (sessions_dir() / s).resolve()
+        out = p.resolve()
+    elif p.is_dir() and (p / SETTINGS_NAME).exists():
+        out = p.resolve()
+    else:
+        out = (sessions_dir() / s).resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a session folder", hint="give a session name or a folder")
+    return out
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -133,6 +137,9 @@ class SessionFolder:
         atomic_write_json(self.settings_file, settings.to_dict())
 
     def create(self, settings: Settings) -> None:
+        from kedit.paths import check_new_place
+
+        check_new_place(self.path, "a session", UsageError)
         if self.exists():
             raise SessionError(f"a session exists already at {self.path}", hint="open it instead, or pick another name")
         if self.path.exists() and any(self.path.iterdir()):

@@ -452,6 +452,9 @@ class Session:
 
 
 def _refuse_foreign_folder(folder: SessionFolder) -> None:
+    from kedit.paths import check_new_place
+
+    check_new_place(folder.path, "a session", UsageError)
     if folder.path.exists() and not folder.exists() and any(folder.path.iterdir()):
         raise SessionError(f"{folder.path} is a non-empty folder that is not a session", hint="pick another name or path")
 
