@@ -122,13 +122,15 @@ def test_a_whole_commit_with_the_llama3_tokenizer(tmp_path, llama3_dir, qt):
     hp = dataclasses.replace(hp, layers=(1,), stats_tokens=1500, stats_seq_len=64, n_prefixes=1, prefix_len=3,
                              values=dataclasses.replace(hp.values, steps=20))
     s = Session.attach(tmp_path / "s", lm, corpus=str(corpus), hparams=hp)
-    facts = [Fact("Eiffel Tower", "The {} is located in the city of", "Paris"),
-             Fact("Japan", "The capital of {} is", "Rio de Janeiro")]
+    # On a random-init model δ reaches later positions only through near-random attention, so
+    # these prompts end with the subject: δ sits where the target is read.
+    facts = [Fact("Eiffel Tower", "Visit the {}", "Paris"), Fact("Japan", "The capital of {}", "Rome")]
+    prompts, targets = [f.prompt.format(f.subject) for f in facts], [f.target for f in facts]
+    assert not any(b.argmax for b in score_targets(lm.model, lm.tokenizer, prompts, targets))
     s.add_many(facts)
     c = s.commit()
     assert [e.argmax for e in c.efficacy] == [True, True]
-    after = score_targets(lm.model, lm.tokenizer, [f.prompt.format(f.subject) for f in facts], [f.target for f in facts])
-    assert after[0].predicted == (PARIS,) and after[1].predicted == tuple(qt.encode(" Rio de Janeiro"))
+    after = score_targets(lm.model, lm.tokenizer, prompts, targets)
+    assert [a.predicted for a in after] == [(PARIS,), tuple(qt.encode(" Rome"))]
     s.undo()
-    assert not all(a.argmax for a in score_targets(lm.model, lm.tokenizer, [facts[0].prompt.format(facts[0].subject)],
-                                                    [facts[0].target]))
+    assert not any(b.argmax for b in score_targets(lm.model, lm.tokenizer, prompts, targets))
