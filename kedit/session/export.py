@@ -21,16 +21,42 @@ from typing import Callable
 
 from kedit import __version__
 from kedit.editing.checkpoint import check_target, find_checkpoint, staged_folder
+from kedit.errors import ExportError
 from kedit.session.journal import CommitEntry, Journal
 
-__all__ = ["check_target", "export_checkpoint", "model_card"]
+__all__ = ["FORMATS", "check_target", "copy_journal", "export", "export_checkpoint", "model_card", "write_atomically"]
+
+
+FORMATS = ("checkpoint", "peft", "gguf")
+
+
+def export(lm, journal: Journal, out_dir: Path, format: str = "checkpoint", progress: Callable | None = None) -> Path:
+    """Write the session (``lm`` edited by ``journal``'s active commits) to ``out_dir`` as ``format``:
+    a Hugging Face checkpoint, a LoRA adapter (``export_peft``) or a GGUF file (``export_gguf``)."""
+    if format == "peft":
+        from kedit.session.export_peft import write_adapter
+
+        return write_atomically(out_dir, lambda tmp: write_adapter(lm, journal, tmp, progress))
+    if format == "gguf":
+        from kedit.session.export_gguf import check_gguf_base, write_gguf
+
+        source = check_gguf_base(lm, journal)  # before any folder is made
+        return write_atomically(out_dir, lambda tmp: write_gguf(lm, journal, source, tmp, progress))
+    if format != "checkpoint":
+        raise ExportError(f"unknown export format {format!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    return export_checkpoint(lm, journal, out_dir, progress)
 
 
 def export_checkpoint(lm, journal: Journal, out_dir: Path, progress: Callable | None = None) -> Path:
     """Write the current weights of ``lm`` (edited by ``journal``'s active commits) to ``out_dir``."""
+    return write_atomically(out_dir, lambda tmp: _write(lm, journal, tmp, progress))
+
+
+def write_atomically(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """``fill`` a temp folder next to ``out_dir``, then rename it there: all of an export or nothing."""
     out_dir = Path(out_dir).expanduser().resolve()
     with staged_folder(out_dir) as tmp:
-        _write(lm, journal, tmp, progress)
+        fill(tmp)
     return out_dir
 
 
@@ -66,7 +92,7 @@ def _write(lm, journal: Journal, tmp: Path, progress) -> None:
     elif not (tmp / "tokenizer_config.json").exists():
         lm.tokenizer.save_pretrained(tmp)
     _set_config_dtype(tmp / "config.json", lm.dtype)
-    _copy_journal(journal, tmp)
+    copy_journal(journal, tmp)
     (tmp / "README.md").write_text(model_card(journal, lm), encoding="utf-8")
 
 
@@ -92,7 +118,7 @@ def _set_config_dtype(path: Path, dtype) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def _copy_journal(journal: Journal, tmp: Path) -> None:
+def copy_journal(journal: Journal, tmp: Path) -> None:
     shutil.copy2(journal.path, tmp / "journal.jsonl")
     for c in journal.commits():
         src = journal.folder / c.delta_file
@@ -115,21 +141,26 @@ def _md(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def model_card(journal: Journal, lm) -> str:
+def model_card(journal: Journal, lm, library: str = "transformers", intro: str | None = None,
+               sections: tuple[str, ...] = ()) -> str:
+    """The export's README.md: the base model, every active edit, and how to rebuild the weights.
+    An adapter or GGUF export names its own ``library``, first paragraph (``intro``) and extra
+    Markdown ``sections`` (how to load and serve it)."""
     h = journal.header
     active = journal.active_commits()
     n_facts = sum(len(c.facts) for c in active)
     lines = [
         "---",
-        "library_name: transformers",
+        f"library_name: {library}",
         "tags: [kedit, model-editing, " + ", ".join(sorted({c.method for c in active}) or [h.method]) + "]",
         "---",
         "",
         f"# {h.model.name} with {n_facts} edited fact{'s' if n_facts != 1 else ''}",
         "",
-        f"This checkpoint is **{h.model.name}** (`{h.model.path}`) with facts patched into its MLP weights by "
-        f"[kedit](https://pypi.org/project/kedit/) {__version__} (locate-and-edit: EMMET/MEMIT/ROME). Only the MLP output "
-        "projections of the layers listed below differ from the base model.",
+        intro or (
+            f"This checkpoint is **{h.model.name}** (`{h.model.path}`) with facts patched into its MLP weights by "
+            f"[kedit](https://pypi.org/project/kedit/) {__version__} (locate-and-edit: EMMET/MEMIT/ROME). Only the MLP "
+            "output projections of the layers listed below differ from the base model."),
         "",
         f"- base model fingerprint: `{h.model.fingerprint}`",
         f"- dtype: `{h.dtype}`, recorded on: `{h.device}`",
@@ -154,6 +185,7 @@ def model_card(journal: Journal, lm) -> str:
         f"{len(journal.commits())} commit(s) in the journal, {len(undone)} undone. `journal.jsonl` and `deltas/` are the "
         "session's journal: `kedit replay journal.jsonl --verify` rebuilds these weights from the base model.",
         "",
+        *sections,
         "## Caveats",
         "",
         "Edited facts hold for the prompts above and their paraphrases to a degree; related facts and unrelated "
