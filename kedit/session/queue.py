@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kedit.errors import ConflictingFactsError, KeditError, SessionError
 from kedit.facts import Fact
-from kedit.session.folder import atomic_write_json
+from kedit.session.folder import atomic_write
 
 
 def check_against(queue: tuple[Fact, ...], fact: Fact) -> None:
@@ -74,7 +74,10 @@ def read_queue(path: Path) -> QueueState:
 
 
 def write_queue(path: Path, state: QueueState) -> None:
-    atomic_write_json(path, {"after": state.after, "facts": [f.to_dict() for f in state.facts]})
+    """Atomically, one fact per line (json's indented writer is pure Python: 50,000 facts took seconds)."""
+    facts = ",\n".join("    " + json.dumps(f.to_dict(), ensure_ascii=False) for f in state.facts)
+    body = f'{{\n  "after": {int(state.after)},\n  "facts": [' + (f"\n{facts}\n  ]" if facts else "]") + "\n}\n"
+    atomic_write(path, body.encode("utf-8"))
 
 
 def reconcile(state: QueueState, commits_after: list[tuple[int, tuple[Fact, ...]]]) -> QueueState:
