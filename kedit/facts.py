@@ -60,6 +60,11 @@ class Fact:
     def validate(self) -> None:
         """Raise ``InvalidFactError`` naming the fact when it cannot be edited."""
         name = f"fact ({self.subject!r}, {self.prompt!r}, {self.target!r})"
+        for field in ("subject", "prompt", "target"):
+            try:
+                getattr(self, field).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (a JSON "\ud800" escape, bytes that were not UTF-8)
+                raise InvalidFactError(f"{name}: the {field} is not valid Unicode text") from None
         if not self.subject:
             raise InvalidFactError(f"{name}: the subject is empty")
         if not self.target:

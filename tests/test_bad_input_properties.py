@@ -22,7 +22,7 @@ from kedit.session.journal import read_journal, torn_last_line
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MARKUP = st.sampled_from(["[red]", "[/x]", "[citation needed]", "[/]", "\\", "[b]x[/b]", "[link=x]"])
-CONTROL = st.sampled_from(["\x1b[2J", "\x1b]0;t\x07", "\x00", "\r", "\n", "\t", "\x9b", "\u202e", "\x7f"])
+CONTROL = st.sampled_from(["\x1b[2J", "\x1b]0;t\x07", "\x00", "\r", "\n", "\t", "\x9b", "\u202e", "\x7f", "\ud800"])
 TEXT = st.lists(st.one_of(st.text(max_size=12), MARKUP, CONTROL, st.just("{}")), max_size=5).map("".join)
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),

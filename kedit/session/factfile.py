@@ -23,6 +23,9 @@ def read_facts(path: str | Path) -> list[Fact]:
         raise FactFileError(f"no facts file at {path}")
     if path.is_dir():
         raise FactFileError(f"{path} is a folder, not a facts file", hint="give a .jsonl or .csv file")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):  # before reading: /dev/zero never ends
+        raise FactFileError(f"{path}: unknown facts file type {suffix!r}", hint="use .jsonl or .csv with subject,prompt,target")
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (spreadsheet exports) is not part of the text
     except UnicodeDecodeError as exc:
@@ -30,13 +33,10 @@ def read_facts(path: str | Path) -> list[Fact]:
         raise FactFileError(f"{path}:{line}: not UTF-8 text", hint="save it as UTF-8 JSON Lines or CSV") from None
     except OSError as exc:
         raise FactFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = _jsonl_rows(path, text)
-    elif suffix in (".csv", ".tsv"):
+    if suffix in (".csv", ".tsv"):
         rows = _csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
     else:
-        raise FactFileError(f"{path}: unknown facts file type {suffix!r}", hint="use .jsonl or .csv with subject,prompt,target")
+        rows = _jsonl_rows(path, text)
     facts = []
     for line, d in rows:
         try:
