@@ -16,6 +16,7 @@ import torch
 
 from kedit.editing import arch, forward
 from kedit.editing.corpus import Corpus
+from kedit.editing.placement import input_device
 from kedit.errors import EditCancelled, UsageError
 
 StatsProgress = Callable[[int, int], None]  # (tokens done, tokens wanted)
@@ -56,7 +57,7 @@ def collect_second_moments(
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[int, torch.Tensor]:
     """{layer: C0 (d_in, d_in) float32} over ``n_tokens`` corpus tokens, one pass for all layers."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     chunks = _token_chunks(tok, corpus, n_tokens, seq_len)
     total = sum(len(c) for c in chunks)
     if total == 0:
@@ -68,7 +69,7 @@ def collect_second_moments(
     def make_hook(l: int):
         def hook(mod, inputs, output):
             x = inputs[0]  # (B, T, d_in)
-            m = cur_mask[0]  # (B, T) bool
+            m = cur_mask[0].to(x.device)  # (B, T) bool
             k = x[m].float()  # (N, d_in)
             s = (k.T @ k).double()  # (d_in, d_in)
             sums[l] = s if sums[l] is None else sums[l] + s
