@@ -11,6 +11,7 @@ written into the key, value, scoring and statistics code but not executed by the
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -128,3 +129,23 @@ def test_default_model_with_disk_offload_commits_undoes_and_exports(tmp_path):
     s.undo()
     assert torch.equal(arch.read_weight(m, layer), stored[name].to(torch.float32))  # bit for bit, from disk
     assert s.fingerprint() == base_weights_fp
+
+
+def test_cli_query_with_max_memory_answers_like_the_plain_model(tiny_dir):
+    """``--max-memory`` through the real CLI (a subprocess): the tiny model with its upper blocks on
+    disk answers exactly like the plain load; a bad size is one line and exit 2."""
+    from test_cli_session import kedit
+
+    from kedit.editing import greedy, top_k_next
+    from kedit.session.session import MAX_NEW_TOKENS
+
+    prompt = "Visit the Eiffel Tower"
+    out = kedit("query", "--model", tiny_dir, "--dtype", "float32", "--max-memory", "cpu=13MB", "--json", prompt).stdout
+    got = json.loads(out)
+    lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    assert got["continuation"] == greedy(lm.model, lm.tokenizer, prompt, MAX_NEW_TOKENS)
+    want = top_k_next(lm.model, lm.tokenizer, prompt, 5)
+    assert [t["token"] for t in got["top"]] == [t.token for t in want]
+    assert [t["prob"] for t in got["top"]] == pytest.approx([t.prob for t in want], rel=1e-5)
+    bad = kedit("query", "--model", tiny_dir, "--max-memory", "lots", "x", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") <= 2 and "not a size" in bad.stderr
