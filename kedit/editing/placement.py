@@ -133,18 +133,6 @@ def load_kwargs(placement: Placement) -> dict:
 # -- working on a spread model -------------------------------------------------------------------
 
 
-def execution_devices(model: nn.Module) -> set[torch.device]:
-    """The devices the model computes on (an offloaded module computes on its hook's device)."""
-    out = set()
-    for m in model.modules():
-        dev = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
-        if dev is not None:
-            out.add(torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}"))
-    if not out:
-        out = {p.device for p in model.parameters() if p.device.type != "meta"}
-    return out
-
-
 def input_device(model: nn.Module) -> torch.device:
     """Where the input ids go: the device of the embeddings (their execution device when offloaded)."""
     emb = model.get_input_embeddings()
@@ -153,11 +141,6 @@ def input_device(model: nn.Module) -> torch.device:
     if dev is not None:
         return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
     return emb.weight.device
-
-
-def _offloaded(module: nn.Module) -> bool:
-    hook = getattr(module, "_hf_hook", None)
-    return bool(getattr(hook, "offload", False)) and getattr(hook, "weights_map", None) is not None
 
 
 def _weights_map(module: nn.Module):
