@@ -1,4 +1,5 @@
-"""Where kedit keeps its files (platformdirs, with environment overrides).
+"""Where kedit keeps its files (platformdirs, with environment overrides), and making a folder's
+entries durable (``fsync_dir``).
 
 * ``KEDIT_CACHE_DIR``: converted default model and cached key statistics (C0).
 * ``KEDIT_SESSIONS_DIR``: where a bare session name goes (default ``./sessions``).
@@ -47,3 +48,12 @@ def check_new_place(path: Path, what: str, error: type[Exception]) -> None:
         raise error(f"{path} is under {existing}, which is a file: not a place for {what}", hint="choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise error(f"cannot create {what} at {path}: {existing} is not writable", hint="choose a folder you can write")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (new, renamed or removed files) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
