@@ -92,5 +92,14 @@ def check_arguments(args: list[str]) -> None:
             from kedit.errors import UsageError
             from kedit.show import visible
 
-            shown = visible(a.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+            shown = visible("".join(_byte_or_char(c) for c in a))
             raise UsageError(f"the argument '{shown}' is not UTF-8 text", hint="kedit reads its arguments as UTF-8") from None
+
+
+def _byte_or_char(c: str) -> str:
+    """A character of an argument; a byte that was not UTF-8 (a surrogate escape) as ``\\xNN``."""
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    if "\ud800" <= c <= "\udfff":
+        return f"\\u{ord(c):04x}"
+    return c
