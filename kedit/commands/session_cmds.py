@@ -407,6 +407,10 @@ def query_cmd(
     query_quant: Annotated[Optional[str], typer.Option(
         "--query-quant", help="Answer from a bitsandbytes-quantised copy: none, int8 or nf4 (a session keeps the choice)."
     )] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Ask as a chat turn through the model's chat template "
+                                                       "(instruct models) and show the assistant's answer.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="With --chat: the system prompt "
+                                                                   "(default: the template's own).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What the model answers: a session's edited model, or a plain model with --model.
@@ -414,13 +418,15 @@ def query_cmd(
     Several prompts are answered in turn by one loaded model; with --json each answer is one JSON
     object on its own line.
     """
+    if system is not None and not chat:
+        raise UsageError("--system goes with --chat", hint='kedit query SESSION --chat --system "Be brief." "PROMPT"')
     from kedit.editing.quant import normalize_mode
 
     mode = normalize_mode(query_quant) if query_quant is not None else None  # a bad mode fails before any load
     if model is not None:
         prompts = list(args)
         _check_prompts(prompts)
-        ask = _plain_asker(model, top_k, device, dtype, mode or "none")
+        ask = _plain_asker(model, top_k, device, dtype, mode or "none", chat, system)
         where = model
     else:
         if len(args) < 2:
@@ -436,7 +442,7 @@ def query_cmd(
             s.set_query_quant(mode)
 
         def ask(prompt: str):
-            return s.query(prompt, top_k=top_k)
+            return s.query(prompt, top_k=top_k, chat=chat, system=system)
 
         where = str(s.path)
     for prompt in prompts:
@@ -451,17 +457,25 @@ def _check_prompts(prompts: list[str]) -> None:
 def _print_answer(result, where: str, as_json: bool) -> None:
     if as_json:
         _emit_json({
-            "source": where, "prompt": result.prompt, "continuation": result.continuation,
+            "source": where, "prompt": result.prompt, "chat": result.chat, "system": result.system,
+            "continuation": result.continuation,
             "top": [{"token": t.token, "prob": t.prob} for t in result.top],
             "base_continuation": result.base_continuation,
             "base_top": [{"token": t.token, "prob": t.prob} for t in result.base_top] if result.base_top else None,
         })
         return
     out = _out_console()
-    out.print(f"{_escape(result.prompt)}[bold]{_escape(result.continuation)}[/]", markup=True)
+    if result.chat:
+        if result.system:
+            out.print(f"system: {result.system}", markup=False)
+        out.print(f"user: {result.prompt}", markup=False)
+        out.print(f"assistant: [bold]{_escape(result.continuation)}[/]", markup=True)
+    else:
+        out.print(f"{_escape(result.prompt)}[bold]{_escape(result.continuation)}[/]", markup=True)
     out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.top), markup=False)
     if result.base_continuation is not None:
-        out.print(f"  before the edits: {result.prompt}{result.base_continuation}", markup=False)
+        shown = f"assistant: {result.base_continuation}" if result.chat else f"{result.prompt}{result.base_continuation}"
+        out.print(f"  before the edits: {shown}", markup=False)
         out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.base_top), markup=False)
 
 
@@ -471,10 +485,11 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none"):
+def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none", chat: bool = False,
+                 system: str | None = None):
     """A function prompt → QueryResult over a plain (unedited) model, loaded once."""
-    from kedit.editing import greedy, load_model, top_k_next
-    from kedit.session.session import MAX_NEW_TOKENS, QueryResult
+    from kedit.editing import load_model
+    from kedit.session.session import answer
 
     if query_quant != "none":
         from kedit.editing.quant import build_quantized_copy
@@ -484,8 +499,7 @@ def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none
         lm = load_model(model, device=device, dtype=dtype)
 
     def ask(prompt: str):
-        return QueryResult(prompt, greedy(lm.model, lm.tokenizer, prompt, MAX_NEW_TOKENS),
-                           top_k_next(lm.model, lm.tokenizer, prompt, top_k))
+        return answer(lm.model, lm.tokenizer, prompt, top_k, chat, system)
 
     return ask
 

@@ -15,8 +15,10 @@ from kedit.errors import InvalidFactError
 
 
 def ids(tok, text: str) -> list[int]:
-    """Token ids of ``text`` as the model sees a prompt (with BOS if the tokenizer adds one)."""
-    return list(tok(text).input_ids)
+    """Token ids of ``text`` as the model sees a prompt (with BOS if the tokenizer adds one, unless
+    the text starts with it already, as a rendered chat template does)."""
+    bos = getattr(tok, "bos_token", None)
+    return list(tok(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids)
 
 
 def target_ids(tok, target: str) -> list[int]:
