@@ -130,3 +130,13 @@ def test_a_gguf_file_loads_as_a_model_and_names_its_source(default_lm):
     lm = load_model(str(path), device="cpu", dtype="float32")  # converted once into the cache dir
     assert gguf_source(str(path)) == path and gguf_source("default") == path and gguf_source(lm.path) is None
     assert model_fingerprint(lm.model) == model_fingerprint(default_lm.model)
+
+
+def test_candidate_types_start_with_the_source_type_when_numpy_can_write_it():
+    from gguf import GGMLQuantizationType as Q
+
+    from kedit.session.export_gguf import candidates, plan_name
+
+    assert [plan_name(p) for p in candidates({1: Q.Q4_1, 2: Q.Q4_1})] == ["Q4_1", "Q8_0", "F16", "F32"]
+    assert [plan_name(p) for p in candidates({1: Q.Q8_0})] == ["Q8_0", "F16", "F32"]
+    assert [plan_name(p) for p in candidates({1: Q.Q6_K, 2: Q.Q4_1})] == ["Q8_0", "F16", "F32"]  # no numpy Q6_K writer

@@ -183,21 +183,23 @@ def plan_name(plan: dict[int, object]) -> str:
     return "/".join(sorted({q.name for q in plan.values()}))
 
 
+def _facts(journal: Journal) -> tuple[list[str], list[str]]:
+    facts = [f for c in journal.active_commits() for f in c.facts]
+    return [f.text for f in facts], [f.target for f in facts]
+
+
 @torch.no_grad()
-def trial(lm, journal: Journal, weights: dict[int, torch.Tensor], name: str) -> TypeTrial:
-    """The edited facts with ``weights`` put into the live model, against its own weights (restored
-    before returning)."""
+def trial(lm, journal: Journal, weights: dict[int, torch.Tensor], name: str, reference: list) -> TypeTrial:
+    """The edited facts with ``weights`` put into the live model, against ``reference`` (their
+    scores on the session's own weights, which are restored before returning)."""
     from kedit.editing import arch, score_targets
 
-    facts = [f for c in journal.active_commits() for f in c.facts]
-    prompts, targets = [f.text for f in facts], [f.target for f in facts]
-    reference = score_targets(lm.model, lm.tokenizer, prompts, targets)
     saved = {l: arch.weight_param(lm.model, l).detach().clone() for l in weights}
     try:
         for l, w in weights.items():
             p = arch.weight_param(lm.model, l)
             p.copy_(w.to(device=p.device, dtype=p.dtype))
-        got = score_targets(lm.model, lm.tokenizer, prompts, targets)
+        got = score_targets(lm.model, lm.tokenizer, *_facts(journal))
     finally:
         for l, w in saved.items():
             arch.weight_param(lm.model, l).copy_(w)
@@ -209,13 +211,15 @@ def trial(lm, journal: Journal, weights: dict[int, torch.Tensor], name: str) -> 
 def choose_types(lm, journal: Journal, weights: dict[int, torch.Tensor], source_types: dict[int, object], progress=None):
     """(encoded tensors by layer as (data, type), every trial made): the first plan that keeps all
     the edits the session's weights answer (F32 always does: it is the session's arithmetic)."""
+    from kedit.editing import score_targets
     from kedit.session.export import _report
 
+    reference = score_targets(lm.model, lm.tokenizer, *_facts(journal))
     trials: list[TypeTrial] = []
     for plan in candidates(source_types):
         _report(progress, len(trials), 4, f"trying {plan_name(plan)} for the edited tensors")
         data = {l: encode(w, plan[l]) for l, w in weights.items()}
-        trials.append(trial(lm, journal, {l: decode(d, plan[l]) for l, d in data.items()}, plan_name(plan)))
+        trials.append(trial(lm, journal, {l: decode(d, plan[l]) for l, d in data.items()}, plan_name(plan), reference))
         if trials[-1].kept == trials[-1].of:
             break
     return {l: (d, plan[l]) for l, d in data.items()}, trials
