@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from kedit.cli import app
+from kedit.commands.placement_opts import DeviceMapOpt, MaxMemoryOpt, use_placement
 from kedit.errors import UsageError
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: 'default', a local folder or a hub id.")]
@@ -202,6 +203,8 @@ def eval_cmd(
     as_json: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = 0,
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
@@ -214,6 +217,7 @@ def eval_cmd(
                                                        "turn too when editing (default: the preset's).")] = None,
 ) -> None:
     """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited) and what greedy answers say."""
+    use_placement(device_map, max_memory)
     from kedit.editing.chat import CHAT_NEW_TOKENS
     from kedit.eval.generation import Prompting
     from kedit.eval.runner import evaluate
@@ -287,12 +291,15 @@ def sweep_layers_cmd(
     as_json: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = 0,
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
     """The seeds' optimal-layer experiment: the same edits at each layer; table, terminal chart, PNG."""
+    use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_sweep, sweep_layers
 
     todo = parse_ints(layers, "layers")
@@ -327,12 +334,15 @@ def scale_cmd(
     as_json: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = 0,
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
     """The seeds' batch-size experiment: batch versus sequential-batched editing per batch size."""
+    use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_scale, scale_batches
 
     sizes = parse_ints(batch_sizes, "batch sizes")

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from kedit.cli import app
+from kedit.commands.placement_opts import DeviceMapOpt, MaxMemoryOpt, use_placement
 from kedit.errors import SessionError, UsageError
 
 EXIT_CODES = ("Exit codes: 0 ok, 1 error, 2 bad input, 3 missing package/model/device, 4 edit refused (weights untouched), "
@@ -359,10 +360,13 @@ def commit_cmd(
     method: MethodOpt = None,
     layers: LayersOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Edit the queued facts into the model as one batch and record it in the journal."""
+    use_placement(device_map, max_memory)
     _check_method(method)
     layer_tuple = _parse_layers(layers)
     s = _open(session, device, dtype, quiet=False)
@@ -386,8 +390,10 @@ def commit_cmd(
 
 
 @app.command("undo", epilog=EXIT_CODES)
-def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = None, as_json: JsonOpt = False) -> None:
+def undo_cmd(session: SessionArg, device: DeviceOpt = None, device_map: DeviceMapOpt = None,
+             max_memory: MaxMemoryOpt = None, dtype: DtypeOpt = None, as_json: JsonOpt = False) -> None:
     """Take back the last commit (the weights return bit-identical to before it)."""
+    use_placement(device_map, max_memory)
     s = _open(session, device, dtype, quiet=as_json)
     entry = s.undo()
     if as_json:
@@ -403,6 +409,8 @@ def query_cmd(
     model: ModelOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="How many next tokens to show.")] = 5,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
     query_quant: Annotated[Optional[str], typer.Option(
         "--query-quant", help="Answer from a bitsandbytes-quantised copy: none, int8 or nf4 (a session keeps the choice)."
@@ -420,6 +428,7 @@ def query_cmd(
     """
     if system is not None and not chat:
         raise UsageError("--system goes with --chat", hint='kedit query SESSION --chat --system "Be brief." "PROMPT"')
+    use_placement(device_map, max_memory)
     from kedit.editing.quant import normalize_mode
 
     mode = normalize_mode(query_quant) if query_quant is not None else None  # a bad mode fails before any load
@@ -512,12 +521,15 @@ def replay_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export the result as a Hugging Face checkpoint here.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The base model, if not where the journal says.")] = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Default: the journal's dtype.")] = None,
     load: Annotated[Optional[str], typer.Option(
         "--load", help="none (full precision), int8 or nf4. Default: as the session loaded it.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild a journal's edited model headlessly (checking its fingerprints)."""
+    use_placement(device_map, max_memory)
     from kedit.session.replay import replay
 
     with ProgressPrinter() as progress:
@@ -548,10 +560,13 @@ def export_cmd(
         "--format", "-f", help="checkpoint (Hugging Face safetensors), peft (a LoRA adapter for PEFT/vLLM) or gguf "
         "(llama.cpp/Ollama; the base model must come from a GGUF file).")] = "checkpoint",
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the edited model: a Hugging Face checkpoint, a LoRA adapter or a GGUF file, each with a model card and the journal."""
+    use_placement(device_map, max_memory)
     from kedit.session.export import FORMATS, check_target
 
     if format not in FORMATS:

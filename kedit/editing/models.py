@@ -173,8 +173,16 @@ def load_model(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     quantization_config=None,
+    placement=None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer in eval mode on ``device`` in ``dtype``."""
+    """Load a causal LM and its tokenizer in eval mode on ``device`` in ``dtype``.
+
+    ``placement`` (default: this process's, ``placement.current()``) may spread the model over
+    the GPUs, the CPU and disk through accelerate (``--device-map``/``--max-memory``); then
+    ``device`` is where inputs go (the embeddings' device).
+    """
+    from kedit.editing import placement as places
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -185,9 +193,11 @@ def load_model(
     path, local = resolve(name)
     offline = local or os.environ.get("HF_HUB_OFFLINE") == "1"
     kwargs: dict = {"dtype": dt, "local_files_only": offline}
+    spread = placement if placement is not None else places.current()
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": str(dev) if dev.type != "cuda" else dev.index or 0}
+    kwargs.update(places.load_kwargs(spread))
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -196,7 +206,9 @@ def load_model(
             f"cannot load model {name!r}: {str(exc).splitlines()[0]}",
             hint="pass a local folder with config.json and weights, a hub id when online, or 'default'",
         ) from None
-    if quantization_config is None:
+    if spread.spread:
+        dev = places.input_device(model)
+    elif quantization_config is None:
         model.to(dev)
     model.eval()
     if tok.pad_token_id is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kedit.editing import tokens
+from kedit.editing.placement import input_device
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def contains(answer: str, obj: str) -> bool:
 @torch.no_grad()
 def greedy_answers(model, tok, texts: list[str], n: int, batch_size: int = 32) -> list[str]:
     """The greedy continuation of each text (``n`` new tokens, special tokens dropped)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = tokens.pad_id(tok)
     seqs = [tokens.ids(tok, t) for t in texts]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # less padding
