@@ -492,6 +492,10 @@ def query_cmd(
     query_quant: Annotated[Optional[str], typer.Option(
         "--query-quant", help="Answer from a bitsandbytes-quantised copy: none, int8 or nf4 (a session keeps the choice)."
     )] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Ask as a chat turn through the model's chat template "
+                                                       "(instruct models) and show the assistant's answer.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="With --chat: the system prompt "
+                                                                   "(default: the template's own).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What the model answers: a session's edited model, or a plain model with --model.
@@ -499,6 +503,8 @@ def query_cmd(
     Several prompts are answered in turn by one loaded model; with --json each answer is one JSON
     object on its own line.
     """
+    if system is not None and not chat:
+        raise UsageError("--system goes with --chat", hint='kedit query SESSION --chat --system "Be brief." "PROMPT"')
     use_placement(device_map, max_memory)
     from kedit.editing.quant import normalize_mode
 
@@ -506,7 +512,7 @@ def query_cmd(
     if model is not None:
         prompts = list(args)
         _check_prompts(prompts)
-        ask = _plain_asker(model, top_k, device, dtype, mode or "none")
+        ask = _plain_asker(model, top_k, device, dtype, mode or "none", chat, system)
         where = model
     else:
         if len(args) < 2:
@@ -522,7 +528,7 @@ def query_cmd(
             s.set_query_quant(mode)
 
         def ask(prompt: str):
-            return s.query(prompt, top_k=top_k)
+            return s.query(prompt, top_k=top_k, chat=chat, system=system)
 
         where = str(s.path)
     for prompt in prompts:
@@ -537,7 +543,8 @@ def _check_prompts(prompts: list[str]) -> None:
 def _print_answer(result, where: str, as_json: bool) -> None:
     if as_json:
         _emit_json({
-            "source": where, "prompt": result.prompt, "continuation": result.continuation,
+            "source": where, "prompt": result.prompt, "chat": result.chat, "system": result.system,
+            "continuation": result.continuation,
             "top": [{"token": t.token, "prob": t.prob} for t in result.top],
             "base_continuation": result.base_continuation,
             "base_top": [{"token": t.token, "prob": t.prob} for t in result.base_top] if result.base_top else None,
@@ -546,10 +553,17 @@ def _print_answer(result, where: str, as_json: bool) -> None:
     from kedit import show
 
     out = _out_console()
-    out.print(f"{_escape(result.prompt)}[bold]{_escape(result.continuation)}[/]", markup=True)
+    if result.chat:
+        if result.system:
+            out.print(f"system: {result.system}", markup=False)
+        out.print(f"user: {result.prompt}", markup=False)
+        out.print(f"assistant: [bold]{_escape(result.continuation)}[/]", markup=True)
+    else:
+        out.print(f"{_escape(result.prompt)}[bold]{_escape(result.continuation)}[/]", markup=True)
     out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.top), markup=False)
     if result.base_continuation is not None:
-        out.print(f"  before the edits: {show.visible(result.prompt)}{show.visible(result.base_continuation)}")
+        shown = f"assistant: {result.base_continuation}" if result.chat else f"{result.prompt}{result.base_continuation}"
+        out.print(f"  before the edits: {show.visible(shown)}")
         out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.base_top), markup=False)
 
 
@@ -559,10 +573,11 @@ def _escape(text: str) -> str:
     return markup(text)
 
 
-def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none"):
+def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none", chat: bool = False,
+                 system: str | None = None):
     """A function prompt → QueryResult over a plain (unedited) model, loaded once."""
-    from kedit.editing import greedy, load_model, top_k_next
-    from kedit.session.session import MAX_NEW_TOKENS, QueryResult
+    from kedit.editing import load_model
+    from kedit.session.session import answer
 
     if query_quant != "none":
         from kedit.editing.quant import build_quantized_copy
@@ -572,8 +587,7 @@ def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none
         lm = load_model(model, device=device, dtype=dtype)
 
     def ask(prompt: str):
-        return QueryResult(prompt, greedy(lm.model, lm.tokenizer, prompt, MAX_NEW_TOKENS),
-                           top_k_next(lm.model, lm.tokenizer, prompt, top_k))
+        return answer(lm.model, lm.tokenizer, prompt, top_k, chat, system)
 
     return ask
 
