@@ -36,24 +36,13 @@ PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Where to save t
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """'3', '2,3,4', '1-12' or '0-20:2' (a range with a step) → a tuple of ints."""
-    out: list[int] = []
-    try:
-        for part in text.replace(" ", "").split(","):
-            step = 1
-            if ":" in part:
-                part, s = part.split(":", 1)
-                step = int(s)
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out += range(int(a), int(b) + 1, step)
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"cannot read {what} {text!r}", hint="write e.g. 3, or 2,3,4, or 1-12, or 0-20:2") from None
-    if not out or step < 1:
+    """'3', '2,3,4', '1-12' or '0-20:2' (a range with a step) → a tuple of ints (``kedit.choices``)."""
+    from kedit.choices import parse_numbers
+
+    out = parse_numbers(text, what)
+    if not out:
         raise UsageError(f"no {what} in {text!r}")
-    return tuple(out)
+    return out
 
 
 class _Setup:

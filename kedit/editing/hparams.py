@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from kedit.editing.values import ValueConfig
+from kedit.choices import METHODS, method_name  # noqa: F401 (METHODS: one list, in kedit.choices)
 from kedit.errors import UsageError
 
-METHODS = ("emmet", "memit", "rome")
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,7 @@ class HParams:
     preserve: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
+        method_name(self.method)
         if not self.layers:
             raise UsageError("an edit needs at least one layer")
         if self.method in ("emmet", "rome") and len(self.layers) != 1:
@@ -135,8 +134,7 @@ def preset(model_name: str, method: str = "emmet", num_layers: int | None = None
     Unknown models get the default model's settings with the layer placed at ~10% of depth (the
     seeds find early layers best); ROME is EMMET with one fact per batch.
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    method_name(method)
     fam = family_of(model_name)
     base_method = "emmet" if method == "rome" else method
     if fam is not None:

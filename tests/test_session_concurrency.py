@@ -1,0 +1,110 @@
+"""Several kedit processes on one session at once, for real: parallel ``kedit add`` processes
+(one of them creating the session), two committers, an ``add`` during a long commit, and the
+lock's holder named in the refusal. See ``test_session_crash.py`` for the forked CLI processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from kedit.errors import SessionBusyError
+from kedit.session.folder import SessionFolder
+from session_procs import PY, Forker, copy_session, fact_args, kedit, make_template
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conc")
+    return root, dict(os.environ, KEDIT_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def template(env, tokenizer):
+    root, e = env
+    old = os.environ.get("KEDIT_CACHE_DIR")
+    os.environ["KEDIT_CACHE_DIR"] = e["KEDIT_CACHE_DIR"]
+    try:
+        return make_template(root, tokenizer)
+    finally:
+        os.environ.pop("KEDIT_CACHE_DIR") if old is None else os.environ.__setitem__("KEDIT_CACHE_DIR", old)
+
+
+@pytest.fixture(scope="module")
+def forker(env, template):
+    root, e = env
+    f = Forker(root, e)
+    yield f
+    f.close()
+
+
+def test_twenty_parallel_adds_all_survive_and_create_the_session_once(tmp_path, env, template):
+    _, e = env
+    model = SessionFolder(template).read_settings().model
+    s = tmp_path / "new"
+    procs = [subprocess.Popen([PY, "-m", "kedit", "add", str(s), *fact_args(i), "--model", model], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=e) for i in range(20)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert [code for code, _ in results] == [0] * 20, results
+    assert sum("created session" in err for _, err in results) == 1
+    queue = json.loads(kedit("queue", s, "--json", env=e).stdout)["queue"]
+    assert sorted(f["subject"] for f in queue) == sorted(f"Tower {i}" for i in range(20))
+
+
+def test_a_second_committer_is_refused_naming_the_holder_or_waits(tmp_path, env, template, forker):
+    _, e = env
+    s = copy_session(template, tmp_path / "s")
+    assert kedit("add", s, *fact_args(1), env=e).returncode == 0
+    go = tmp_path / "go"
+    first = forker.run("commit", s, "--json", point="editing", env={"KEDIT_TEST_RESUME": str(go)})
+    first.wait_for("kedit-test: paused at editing")  # the first commit is computing its edit
+
+    second = forker.run("commit", s)
+    assert second.wait() == 5
+    err = second.text()
+    assert f"pid {first.pid}" in err and "kedit commit" in err and "committing since" in err and "--wait" in err, err
+    assert "Traceback" not in err and err.count("\n") <= 3
+
+    # an add during the commit survives it; a committer that waits commits it next
+    added = kedit("add", s, *fact_args(2), env=e)
+    assert added.returncode == 0, added.stderr
+    waiting = forker.run("commit", s, "--wait", "120", "--json")
+    time.sleep(0.5)
+    assert waiting.status is None and "commit" not in waiting.text()
+    go.touch()
+    assert first.wait() == 0, first.text()
+    assert waiting.wait() == 0, waiting.text()
+    log = json.loads(kedit("log", s, "--json", env=e).stdout)
+    assert [e_["seq"] for e_ in log["entries"]] == [1, 2, 3]
+    assert [[f["subject"] for f in e_["facts"]] for e_ in log["entries"][1:]] == [["Tower 1"], ["Tower 2"]]
+    assert log["queue"] == []
+
+
+def test_a_busy_session_is_named_in_process_too(tmp_path, template):
+    """The lock is per operation and per process: inside one process another thread waits its turn."""
+    import threading
+
+    s = SessionFolder(copy_session(template, tmp_path / "s"))
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        with s.journal_lock("committing"):
+            started.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    started.wait(10)
+    try:
+        with pytest.raises(SessionBusyError, match=rf"pid {os.getpid()} .*committing since"):
+            with s.journal_lock("undoing"):
+                pass
+        s.add_facts([])  # the folder lock is another lock: queue changes go on during a commit
+    finally:
+        release.set()
+        t.join()
+    with s.journal_lock("undoing", wait=1):
+        pass
