@@ -192,7 +192,7 @@ def _optimize_group(
                 h[ar, slot] = h[ar, slot] + delta[fid].to(h.dtype)
                 inject.hidden = h
                 last = body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
-                            past_key_values=x.cache, use_cache=x.cache is not None).last_hidden_state  # (r, S, d_model)
+                            **prefix_cache.cache_kwargs(body, x.cache)).last_hidden_state  # (r, S, d_model)
                 if check:  # δ = 0 on the first step: the cached path must reproduce the prefill
                     _check_reuse(last, x.reference, x.valid)
 
