@@ -4,6 +4,7 @@ processes without paying torch's import time for each."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
@@ -118,3 +119,41 @@ class Forker:
 def copy_session(template: Path, dst: Path) -> Path:
     shutil.copytree(template, dst, ignore=shutil.ignore_patterns(".journal.lock*", ".folder.lock*"))
     return dst
+
+
+# -- shared by every test module of a run (building the template and starting the forker take
+#    seconds: once per run, as tui_support shares its tiny session) --------------------------
+
+_SHARED: dict = {}
+
+
+def shared_env(tmp_path_factory) -> tuple[Path, dict]:
+    """A root folder and the environment of every process: a private statistics cache, one thread."""
+    if "env" not in _SHARED:
+        root = tmp_path_factory.mktemp("procs")
+        _SHARED["env"] = (root, dict(os.environ, KEDIT_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1",
+                                     MKL_NUM_THREADS="1"))
+    return _SHARED["env"]
+
+
+def shared_template(tmp_path_factory, tokenizer) -> Path:
+    if "template" not in _SHARED:
+        root, e = shared_env(tmp_path_factory)
+        old = os.environ.get("KEDIT_CACHE_DIR")
+        os.environ["KEDIT_CACHE_DIR"] = e["KEDIT_CACHE_DIR"]
+        try:
+            _SHARED["template"] = make_template(root, tokenizer)
+        finally:
+            if old is None:
+                os.environ.pop("KEDIT_CACHE_DIR")
+            else:
+                os.environ["KEDIT_CACHE_DIR"] = old
+    return _SHARED["template"]
+
+
+def shared_forker(tmp_path_factory) -> Forker:
+    if "forker" not in _SHARED:
+        root, e = shared_env(tmp_path_factory)
+        _SHARED["forker"] = Forker(root, e)
+        atexit.register(_SHARED["forker"].close)
+    return _SHARED["forker"]

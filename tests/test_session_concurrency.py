@@ -13,32 +13,22 @@ import pytest
 
 from kedit.errors import SessionBusyError
 from kedit.session.folder import SessionFolder
-from session_procs import PY, Forker, copy_session, fact_args, kedit, make_template
+from session_procs import PY, copy_session, fact_args, kedit, shared_env, shared_forker, shared_template
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("conc")
-    return root, dict(os.environ, KEDIT_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return shared_env(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def template(env, tokenizer):
-    root, e = env
-    old = os.environ.get("KEDIT_CACHE_DIR")
-    os.environ["KEDIT_CACHE_DIR"] = e["KEDIT_CACHE_DIR"]
-    try:
-        return make_template(root, tokenizer)
-    finally:
-        os.environ.pop("KEDIT_CACHE_DIR") if old is None else os.environ.__setitem__("KEDIT_CACHE_DIR", old)
+def template(tmp_path_factory, tokenizer):
+    return shared_template(tmp_path_factory, tokenizer)
 
 
 @pytest.fixture(scope="module")
-def forker(env, template):
-    root, e = env
-    f = Forker(root, e)
-    yield f
-    f.close()
+def forker(tmp_path_factory, template):
+    return shared_forker(tmp_path_factory)
 
 
 def test_twenty_parallel_adds_all_survive_and_create_the_session_once(tmp_path, env, template):

@@ -16,38 +16,24 @@ import signal
 import pytest
 
 from kedit.facts import Fact
-from session_procs import Forker, copy_session, fact_args, files_of, kedit, make_template
+from session_procs import copy_session, fact_args, files_of, kedit, shared_env, shared_forker, shared_template
 
 QUEUED = [Fact(f"Tower {i}", "The {} is located in the city of", f"City{i}") for i in (1, 2)]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crash")
-    e = dict(os.environ, KEDIT_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return root, e
+    return shared_env(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def template(env, tokenizer):
-    root, e = env
-    old = os.environ.get("KEDIT_CACHE_DIR")
-    os.environ["KEDIT_CACHE_DIR"] = e["KEDIT_CACHE_DIR"]
-    try:
-        return make_template(root, tokenizer)
-    finally:
-        if old is None:
-            os.environ.pop("KEDIT_CACHE_DIR")
-        else:
-            os.environ["KEDIT_CACHE_DIR"] = old
+def template(tmp_path_factory, tokenizer):
+    return shared_template(tmp_path_factory, tokenizer)
 
 
 @pytest.fixture(scope="module")
-def forker(env, template):
-    root, e = env
-    f = Forker(root, e)
-    yield f
-    f.close()
+def forker(tmp_path_factory, template):
+    return shared_forker(tmp_path_factory)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Evaluation commands: ``eval``, ``sweep-layers``, ``scale`` (DESIGN.md §5, the seeds' experiments).
+"""Evaluation commands: ``eval`` (how well edits hold), ``sweep-layers`` (which layer edits best) and
+``scale`` (how quality changes with the batch size, all at once versus batch after batch).
 
 Figures go to stdout (a table, or one JSON object with ``--json``); the progress bar (with an
 ETA) goes to stderr. Ctrl-C stops a run, prints the figures measured so far and exits 130.
@@ -270,7 +271,8 @@ def sweep_layers_cmd(
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
-    """The seeds' optimal-layer experiment: the same edits at each layer; table, terminal chart, PNG."""
+    """Measure which layer edits best: the same edits made at each layer, scored for efficacy, paraphrases and
+    neighbourhood (ES, PS, NS, S); table, terminal chart, PNG."""
     from kedit.eval.experiments import plot_sweep, sweep_layers
 
     todo = parse_ints(layers, "layers")
@@ -310,7 +312,8 @@ def scale_cmd(
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
-    """The seeds' batch-size experiment: batch versus sequential-batched editing per batch size."""
+    """Measure how edit quality changes with the batch size: the same facts edited in batches of each size,
+    every batch on the base model versus batch after batch (sequential); ES, PS, NS, S per size; table, PNG."""
     from kedit.eval.experiments import plot_scale, scale_batches
 
     sizes = parse_ints(batch_sizes, "batch sizes")

@@ -33,7 +33,7 @@ DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32 | bflo
 WaitOpt = Annotated[Optional[float], typer.Option(
     "--wait", min=0, metavar="SECONDS",
     help="If another kedit process is changing the session, wait up to SECONDS for it (default: refuse at once to "
-         "commit, undo or repair; wait 10 s to change the queue).")]
+         "commit, undo or repair; wait up to 60 s to change the queue or the settings).")]
 
 
 # -- output helpers -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from kedit.errors import SessionBusyError
 
 JOURNAL_LOCK = ".journal.lock"
 FOLDER_LOCK = ".folder.lock"
-FOLDER_PATIENCE = 10.0  # seconds a queue/settings change waits by default (the lock is held for milliseconds)
+FOLDER_PATIENCE = 60.0  # seconds a queue/settings change waits by default (each holder needs milliseconds)
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (owning thread id, depth) in this process
 _held_guard = threading.Lock()
@@ -99,7 +99,7 @@ def hold(lock_path: Path, action: str, wait: float | None, default_wait: float) 
     from filelock import FileLock, Timeout
 
     patience = default_wait if wait is None else max(0.0, float(wait))
-    lock = FileLock(str(lock_path), thread_local=False)
+    lock = FileLock(str(lock_path), thread_local=False, poll_interval=0.01)
     try:
         lock.acquire(timeout=patience)
     except Timeout:
