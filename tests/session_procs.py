@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, make_tiny_llama
 
 PY = os.environ.get("KEDIT_PYTHON", sys.executable)
@@ -157,3 +159,21 @@ def shared_forker(tmp_path_factory) -> Forker:
         _SHARED["forker"] = Forker(root, e)
         atexit.register(_SHARED["forker"].close)
     return _SHARED["forker"]
+
+
+# fixtures for the test modules to import (``from session_procs import env, forker, template``)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return shared_env(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, tokenizer):
+    return shared_template(tmp_path_factory, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def forker(tmp_path_factory, template):
+    return shared_forker(tmp_path_factory)

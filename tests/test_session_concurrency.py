@@ -13,22 +13,7 @@ import pytest
 
 from kedit.errors import SessionBusyError
 from kedit.session.folder import SessionFolder
-from session_procs import PY, copy_session, fact_args, kedit, shared_env, shared_forker, shared_template
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return shared_env(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, tokenizer):
-    return shared_template(tmp_path_factory, tokenizer)
-
-
-@pytest.fixture(scope="module")
-def forker(tmp_path_factory, template):
-    return shared_forker(tmp_path_factory)
+from session_procs import PY, copy_session, env, fact_args, forker, kedit, template  # noqa: F401 (fixtures)
 
 
 def test_twenty_parallel_adds_all_survive_and_create_the_session_once(tmp_path, env, template):
@@ -38,7 +23,7 @@ def test_twenty_parallel_adds_all_survive_and_create_the_session_once(tmp_path, 
     procs = [subprocess.Popen([PY, "-m", "kedit", "add", str(s), *fact_args(i), "--model", model], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=e) for i in range(20)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
-    assert [code for code, _ in results] == [0] * 20, results
+    assert [code for code, _ in results] == [0] * 20, [err for code, err in results if code]
     assert sum("created session" in err for _, err in results) == 1
     queue = json.loads(kedit("queue", s, "--json", env=e).stdout)["queue"]
     assert sorted(f["subject"] for f in queue) == sorted(f"Tower {i}" for i in range(20))
@@ -98,3 +83,23 @@ def test_a_busy_session_is_named_in_process_too(tmp_path, template):
         t.join()
     with s.journal_lock("undoing", wait=1):
         pass
+
+
+def test_a_query_and_a_commit_starting_a_new_session_at_once_share_one_journal(tmp_path, env, template, forker):
+    """Both load the model of a session 'kedit add' created; one writes the journal header, the other opens it."""
+    import dataclasses
+
+    from kedit.session.settings import Settings
+
+    _, e = env
+    st = SessionFolder(template).read_settings()
+    fresh = SessionFolder(tmp_path / "fresh")
+    fresh.create(dataclasses.replace(Settings(), model=st.model, corpus=st.corpus, hparams=st.hparams, dtype="float32",
+                                     device="cpu"), [])
+    assert kedit("add", fresh.path, *fact_args(3), env=e).returncode == 0
+    query = forker.run("query", fresh.path, "The Tower 3 is located in the city of", "--json")
+    commit = forker.run("commit", fresh.path, "--json")
+    assert query.wait() == 0, query.text()
+    assert commit.wait() == 0, commit.text()
+    log = json.loads(kedit("log", fresh.path, "--json", env=e).stdout)
+    assert [x["seq"] for x in log["entries"]] == [1] and log["queue"] == []

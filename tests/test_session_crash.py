@@ -16,24 +16,9 @@ import signal
 import pytest
 
 from kedit.facts import Fact
-from session_procs import copy_session, fact_args, files_of, kedit, shared_env, shared_forker, shared_template
+from session_procs import copy_session, env, fact_args, files_of, forker, kedit, template  # noqa: F401 (fixtures)
 
 QUEUED = [Fact(f"Tower {i}", "The {} is located in the city of", f"City{i}") for i in (1, 2)]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return shared_env(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, tokenizer):
-    return shared_template(tmp_path_factory, tokenizer)
-
-
-@pytest.fixture(scope="module")
-def forker(tmp_path_factory, template):
-    return shared_forker(tmp_path_factory)
 
 
 @pytest.fixture

@@ -10,18 +10,8 @@ import threading
 
 import pytest
 
-from session_procs import copy_session, fact_args, kedit, shared_env, shared_forker, shared_template
+from session_procs import copy_session, env, fact_args, forker, kedit, template  # noqa: F401 (fixtures)
 from tui_support import RecordingApp, type_into, wait_until
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return shared_env(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, tokenizer):
-    return shared_template(tmp_path_factory, tokenizer)
 
 
 @pytest.fixture
@@ -55,14 +45,12 @@ async def test_facts_queue_while_the_model_loads(template, tmp_path, cache, monk
         assert [f.target for f in app.session.queue] == ["Berlin"]
 
 
-async def test_the_tui_follows_other_processes_and_catches_up_before_committing(template, tmp_path, env, cache,
-                                                                                 tmp_path_factory):
+async def test_the_tui_follows_other_processes_and_catches_up_before_committing(template, tmp_path, env, cache, forker):
     from kedit.session import Session
 
     _, e = env
     s = copy_session(template, tmp_path / "s")
     session = Session.open(s)
-    forker = shared_forker(tmp_path_factory)
     app = RecordingApp(session=session)
     async with app.run_test(size=(100, 30)) as pilot:
         assert kedit("add", s, *fact_args(1), env=e).returncode == 0  # another terminal

@@ -52,8 +52,9 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     return (sessions_dir() / s).resolve()
 
 
-def is_lock_file(name: str) -> bool:
-    return name.startswith(_LOCK_FILES)
+def is_ours(name: str) -> bool:
+    """A lock file, or the temp file of an atomic write of this folder's own files."""
+    return name.startswith(_LOCK_FILES) or (name.startswith((f".{SETTINGS_NAME}.tmp", f".{QUEUE_NAME}.tmp")))
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class SessionFolder:
     def refuse_foreign(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise SessionError(f"{self.path} is a file, not a session folder", hint="pick another name or path")
-        if self.path.is_dir() and not self.exists() and any(not is_lock_file(p.name) for p in self.path.iterdir()):
+        if self.path.is_dir() and not self.exists() and any(not is_ours(p.name) for p in self.path.iterdir()):
             raise SessionError(f"{self.path} is a non-empty folder that is not a session", hint="pick another name or path")
 
     # -- changing the settings ------------------------------------------------------------------

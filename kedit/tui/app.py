@@ -134,7 +134,9 @@ class KeditApp(App):
     @property
     def queue(self):
         """The queue the person works on: the session's, or the folder's while the model loads."""
-        return self.session.queue_handle if self.session is not None else self.early_queue
+        if self.loading_session or self.session is None:
+            return self.early_queue
+        return self.session.queue_handle
 
     @property
     def status(self) -> StatusLine:
@@ -244,11 +246,11 @@ class KeditApp(App):
         if seen == self._seen_files:
             return
         self._seen_files = seen
-        if self.session is not None and not self.committing:
-            self._sync_worker()  # journal (other commits' deltas), settings and queue
-        elif self.queue is not None:
+        if self.queue is not None and self.queue is self.early_queue:
             self.queue.refresh()
             self.queue_pane.refresh_queue()
+        elif self.session is not None and not self.committing:
+            self._sync_worker()  # journal (other commits' deltas), settings and queue
 
     @work(thread=True, exclusive=True, group="sync", exit_on_error=False)
     def _sync_worker(self) -> None:
