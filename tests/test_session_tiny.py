@@ -392,3 +392,21 @@ def test_a_commit_remembers_the_active_commits(tmp_path, tiny_dir, corpus):
         moved[preserve] = float(((arch.weight_view(lm.model, 1).detach().double() - w1) @ k0).norm())
     assert moved[1.0] < 0.5 * moved[0.0], moved
     assert fast_hparams(tiny_dir).preserve == 1.0 == preset("default", "emmet").preserve
+
+
+def test_two_sessions_on_one_folder_catch_up_and_never_reuse_an_entry_number(tmp_path, tiny_dir, corpus):
+    """A second process's session (here: a second Session over its own copy of the model) that is
+    behind the journal applies the entries it missed before it commits or undoes."""
+    a = start(tmp_path / "s", tiny_dir, corpus)
+    b = Session.open(a.path)  # e.g. a TUI opened before the commits below
+    a.add(FACTS[0])
+    c1 = a.commit()
+    a.add(FACTS[1])
+    assert b.queue == () and b.fingerprint() != c1.fingerprint  # b has not looked yet
+    c2 = b.commit()  # catches up with #1 first, then commits the fact a queued
+    assert c2.seq == 2 and c2.facts == (FACTS[1],)
+    assert [e.seq for e in b.entries()] == [1, 2] and b.active_commits()[0].fingerprint == c1.fingerprint
+    u = a.undo()  # a is behind now: it applies #2, then takes it back
+    assert u.seq == 3 and u.undoes == 2 and a.fingerprint() == c1.fingerprint
+    assert b.refresh() and b.fingerprint() == c1.fingerprint and [e.kind for e in b.entries()][-1] == "undo"
+    assert same(state(a.lm.model), state(b.lm.model))

@@ -378,7 +378,7 @@ def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = No
     """Take back the last commit (the weights return bit-identical to before it)."""
     folder = _folder(session)
     with folder.journal_lock("undoing", wait):
-        if folder.has_journal() and not folder.read_journal().active_commits():
+        if not folder.has_journal() or not folder.read_journal().active_commits():
             raise SessionError("nothing to undo: no active commit", hint="'kedit log' shows the session's history")
         s = _open(session, device, dtype, quiet=as_json)
         s.wait = wait
