@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 
 from kedit.editing import arch, forward, prefix_cache, tokens
+from kedit.editing.chat import chat_rewrite_template
+from kedit.editing.placement import input_device
 from kedit.editing.prefixes import templates
 from kedit.errors import EditCancelled
 from kedit.facts import Fact
@@ -48,6 +50,9 @@ class ValueConfig:
     early_stop: bool = True
     max_rows: int = 512  # rows per forward pass; larger batches accumulate gradients
     reuse_prefix: bool = True  # run only the positions δ reaches on each step (prefix_cache.py)
+    # Instruct models: also fit each fact's prompt asked as a chat turn, the target following the
+    # assistant's restatement of it (chat.chat_rewrite_template). Off in records made before it.
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def optimize_values(
     stay bounded; a fact's loss involves only its own rows, so its group changes nothing but the
     kernels' shapes. Every fact is tokenised before any work starts (a bad one fails first)."""
     per_fact = [
-        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in templates(f.prompt, prefixes)],
+        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in rewrite_templates(tok, f, prefixes, cfg.chat)],
          tokens.plain_row(tok, KL_TEMPLATE, f.subject))
         for f in facts
     ]
@@ -111,6 +116,13 @@ def optimize_values(
     )
 
 
+def rewrite_templates(tok, fact: Fact, prefixes: tuple[str, ...], chat: bool) -> list[str]:
+    """The prompts a fact's δ is fitted on: the bare prompt, one per context prefix, and with
+    ``chat`` the prompt as a chat turn (the key stays the subject's last token in each)."""
+    out = templates(fact.prompt, prefixes)
+    return out + [chat_rewrite_template(tok, fact.prompt, fact.subject)] if chat else out
+
+
 def fact_groups(rows_per_fact: list[int], max_rows: int) -> list[list[int]]:
     """Consecutive facts whose rows add up to at most ``max_rows`` (a larger fact alone)."""
     groups: list[list[int]] = []
@@ -133,7 +145,7 @@ def _optimize_group(
     progress: ProgressFn | None,
     should_stop: Callable[[], bool] | None,
 ) -> ValueResult:
-    device = next(model.parameters()).device
+    device = input_device(model)
     E = len(per_fact)
 
     # -- rows: every rewrite prompt of every fact, then each fact's KL prompt ----------------
@@ -151,8 +163,9 @@ def _optimize_group(
 
     # -- once, without gradients: blocks 0..layer everywhere, and what δ cannot reach above it --
     pre = prefix_cache.Prefill(model, layer, input_ids, mask, subj, cfg.max_rows, reuse=cfg.reuse_prefix)
-    bare = torch.tensor([p.rows[0] for p in packs], device=device)
-    h_init = pre.hidden[bare, subj[bare]].float()  # (E, d_model)
+    hd = pre.hidden.device  # block `layer`'s device: δ and the losses live there (a spread model's GPUs differ)
+    bare = torch.tensor([p.rows[0] for p in packs], device=hd)
+    h_init = pre.hidden[bare, subj.to(hd)[bare]].float()  # (E, d_model)
     h_norm = h_init.norm(dim=-1)  # (E,)
 
     body = arch.base_model(model)
@@ -170,7 +183,7 @@ def _optimize_group(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    n_rows_of = torch.tensor([len(p.rows) for p in packs], dtype=torch.float32, device=device)  # (E,)
+    n_rows_of = torch.tensor([len(p.rows) for p in packs], dtype=torch.float32, device=hd)  # (E,)
     owner_of = [0] * len(rows)  # row -> fact
     for e, p in enumerate(packs):
         for r in p.rows + [p.kl_row]:
@@ -184,11 +197,11 @@ def _optimize_group(
             def run(bucket: list[int], loss_acc: torch.Tensor, nll_acc: torch.Tensor, hits: list[list[bool]], check: bool) -> torch.Tensor:
                 """Forward the rows of ``bucket``; add each row's loss to its fact in ``loss_acc``."""
                 sel = torch.tensor(bucket, device=device)
-                fid = torch.tensor([owner_of[r] for r in bucket], device=device)  # (r,)
+                fid = torch.tensor([owner_of[r] for r in bucket], device=hd)  # (r,)
                 x = pre.batch(sel)
-                slot = subj[sel] - x.start  # (r,) where the subject's last token sits in the pass
+                slot = (subj[sel] - x.start).to(hd)  # (r,) where the subject's last token sits in the pass
                 h = x.hidden.clone()  # (r, S, d_model)
-                ar = torch.arange(len(bucket), device=device)
+                ar = torch.arange(len(bucket), device=hd)
                 h[ar, slot] = h[ar, slot] + delta[fid].to(h.dtype)
                 inject.hidden = h
                 last = body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
@@ -198,17 +211,19 @@ def _optimize_group(
 
                 rw = [j for j, r in enumerate(bucket) if not is_kl[r]]
                 if rw:  # target NLL, read only at the target positions (the LM head is the costly part)
-                    bj = torch.tensor([j for j in rw for _ in rows[bucket[j]].target_positions], device=device)
-                    bp = torch.tensor([p - int(x.start[j]) for j in rw for p in rows[bucket[j]].target_positions], device=device)
-                    tt = torch.tensor([t for j in rw for t in rows[bucket[j]].target_ids], device=device)
-                    logp = arch.logits(model, last[bj, bp]).float().log_softmax(-1)  # (P, V)
+                    bj = torch.tensor([j for j in rw for _ in rows[bucket[j]].target_positions], device=last.device)
+                    bp = torch.tensor([p - int(x.start[j]) for j in rw for p in rows[bucket[j]].target_positions],
+                                      device=last.device)
+                    logp = arch.logits(model, last[bj, bp]).float().log_softmax(-1)  # (P, V) on the LM head's device
+                    hv = logp.device
+                    tt = torch.tensor([t for j in rw for t in rows[bucket[j]].target_ids], device=hv)
                     tok_nll = -logp.gather(1, tt[:, None])[:, 0]  # (P,)
                     hit = (logp.argmax(-1) == tt).tolist()
-                    counts = torch.tensor([len(rows[bucket[j]].target_ids) for j in rw], device=device)  # (n_rw,)
-                    row_of_tok = torch.repeat_interleave(torch.arange(len(rw), device=device), counts)  # (P,)
-                    row_nll = torch.zeros(len(rw), device=device).index_add(0, row_of_tok, tok_nll) / counts  # (n_rw,)
-                    f_rw = fid[torch.tensor(rw, device=device)]
-                    contrib = row_nll / n_rows_of[f_rw]  # mean over the fact's prompts
+                    counts = torch.tensor([len(rows[bucket[j]].target_ids) for j in rw], device=hv)  # (n_rw,)
+                    row_of_tok = torch.repeat_interleave(torch.arange(len(rw), device=hv), counts)  # (P,)
+                    row_nll = torch.zeros(len(rw), device=hv).index_add(0, row_of_tok, tok_nll) / counts  # (n_rw,)
+                    f_rw = fid[torch.tensor(rw, device=hd)]
+                    contrib = row_nll.to(hd) / n_rows_of[f_rw]  # mean over the fact's prompts
                     loss_acc = loss_acc.index_add(0, f_rw, contrib)
                     nll_acc.index_add_(0, f_rw, contrib.detach())
                     at = 0
@@ -218,13 +233,13 @@ def _optimize_group(
 
                 kj = [j for j, r in enumerate(bucket) if is_kl[r]]
                 if kj:  # KL on "{subject} is a" at the subject's last token
-                    kj_t = torch.tensor(kj, device=device)
-                    kl_logp = arch.logits(model, last[kj_t, slot[kj_t]]).float().log_softmax(-1)  # (k, V)
+                    kj_t = torch.tensor(kj, device=last.device)
+                    kl_logp = arch.logits(model, last[kj_t, slot.to(last.device)[kj_t]]).float().log_softmax(-1)  # (k, V)
                     for i, j in enumerate(kj):
                         kl_init.setdefault(bucket[j], kl_logp[i].detach())
                     ref = torch.stack([kl_init[bucket[j]] for j in kj])  # (k, V)
-                    kl = (kl_logp.exp() * (kl_logp - ref)).sum(-1)  # (k,)
-                    loss_acc = loss_acc.index_add(0, fid[kj_t], cfg.kl_factor * kl)
+                    kl = (kl_logp.exp() * (kl_logp - ref)).sum(-1).to(hd)  # (k,)
+                    loss_acc = loss_acc.index_add(0, fid[kj_t.to(hd)], cfg.kl_factor * kl)
                 return loss_acc
 
             for step in range(cfg.steps):
@@ -237,8 +252,8 @@ def _optimize_group(
                 final = step == cfg.steps - 1
                 act_rows = [r for e in active for r in packs[e].rows + [packs[e].kl_row]]
                 while True:
-                    loss_acc = torch.zeros(E, device=device)
-                    nll_acc = torch.zeros(E, device=device)
+                    loss_acc = torch.zeros(E, device=hd)
+                    nll_acc = torch.zeros(E, device=hd)
                     hits: list[list[bool]] = [[] for _ in range(E)]
                     check = step == 0 and pre.reusing
                     lengths = [len(rows[r].input_ids) - int(pre.start[r]) for r in act_rows]  # positions each pass runs
@@ -251,7 +266,7 @@ def _optimize_group(
                         pre.disable()
                         kl_init.clear()
                 pre.checked()
-                act = torch.tensor(active, device=device)
+                act = torch.tensor(active, device=hd)
                 wd = cfg.weight_decay * delta[act].norm(dim=-1) / h_norm[act] ** 2  # (n_active,)
                 loss = loss_acc[act] + wd  # (n_active,)
                 keep = []
@@ -264,7 +279,7 @@ def _optimize_group(
                     else:
                         keep.append(i)
                 if keep:
-                    loss[torch.tensor(keep, device=device)].sum().backward()
+                    loss[torch.tensor(keep, device=hd)].sum().backward()
                 if progress is not None:
                     progress(step + 1, cfg.steps, float(loss.detach().mean()), int(done.sum()))
                 if bool(done.all()):
@@ -302,6 +317,7 @@ def _check_reuse(last: torch.Tensor, reference: torch.Tensor, valid: torch.Tenso
     alone gives ~2e-2 in bfloat16 through SmolLM2's 28 upper blocks and ~1e-7 in float64; a wrong
     mask or position is off by tens of percent."""
     tol = 0.1 if reference.element_size() < 4 else 1e-3
+    valid = valid.to(last.device)
     diff = ((last.detach() - reference).float() * valid[..., None]).norm(dim=(1, 2))  # (r,)
     ref = (reference.float() * valid[..., None]).norm(dim=(1, 2)).clamp_min(1e-12)  # (r,)
     worst = float((diff / ref).max())
