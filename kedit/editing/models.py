@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from kedit.errors import DeviceError, MissingDependencyError, ModelNotFoundError, UsageError
-from kedit.paths import cache_dir
+from kedit import choices
+from kedit.errors import DeviceError, MissingDependencyError, ModelNotFoundError
+from kedit.paths import cache_dir, default_model_cache
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_NAME = "smollm2-135m-instruct"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class LoadedModel:
 
 def pick_device(device: str | None = None) -> torch.device:
     """``cuda`` when present, else ``cpu``; a named device is checked."""
-    if device in (None, "auto"):
+    if choices.device_name(device) is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
@@ -59,10 +57,8 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     """bf16 on a GPU that has it and on CPUs with native bf16 (AVX512-BF16/AMX); else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in (None, "auto"):
-        if dtype not in _DTYPES:
-            raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose one of {', '.join(sorted(_DTYPES))}")
-        return _DTYPES[dtype]
+    if choices.dtype_name(dtype) is not None:
+        return getattr(torch, choices.dtype_name(dtype))
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and _cpu_has_bf16():
@@ -84,7 +80,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def default_model_dir() -> Path:
     """The cached safetensors copy of the embedded default model (created on first use)."""
-    target = cache_dir() / "models" / DEFAULT_CACHE_NAME
+    target = default_model_cache()
     if _converted(target):
         return target
     src = default_gguf()
