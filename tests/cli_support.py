@@ -41,11 +41,13 @@ def kedit_here(capsys, *args) -> Ran:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative name → bytes); {} when it does not exist."""
+    """Every data file under ``folder`` (relative name → bytes); {} when it does not exist. The
+    session's empty lock files (``.journal.lock``, ``.folder.lock``) hold no data and are left out."""
     folder = Path(folder)
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))}
 
 
 def copy_example(dst: Path) -> Path:

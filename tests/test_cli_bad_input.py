@@ -107,7 +107,7 @@ def test_non_utf8_bytes_in_an_argument_create_nothing(tmp_path):
 def test_a_session_where_none_can_be(tmp_path, capsys, where, match):
     (tmp_path / "file").write_text("mine")
     path = where.replace("FILE", str(tmp_path / "file"))
-    fails(capsys, 2, "add", path, *FACT, match=match, unchanged=tmp_path)
+    fails(capsys, 5, "add", path, *FACT, match=match, unchanged=tmp_path)
     assert (tmp_path / "file").read_text() == "mine"
 
 
@@ -115,7 +115,7 @@ def test_a_session_path_that_is_a_file_for_reading_commands(tmp_path, capsys):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
     for cmd in ("log", "queue", "repair"):
-        fails(capsys, 2, cmd, f, match="notes.txt is a file, not a session folder", unchanged=tmp_path)
+        fails(capsys, 5, cmd, f, match="notes.txt is a file, not a session folder", unchanged=tmp_path)
 
 
 @pytest.mark.parametrize("contents, match", [
@@ -163,6 +163,7 @@ def test_export_to_a_place_that_cannot_take_it_is_refused_before_loading(tmp_pat
 
 def test_an_unknown_device_at_query_and_commit(tmp_path, capsys):
     s = copy_example(tmp_path / "s")
+    assert kedit_here(capsys, "add", s, *FACT).returncode == 0  # something to commit
     before = snapshot(s)
     p = kedit("query", s, "The capital of Japan is", "--device", "banana")
     assert p.returncode == 2 and "unknown device 'banana'" in one_error_line(p.stderr)

@@ -52,7 +52,7 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     else:
         out = (sessions_dir() / s).resolve()
     if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file, not a session folder", hint="give a session name or a folder")
+        raise SessionError(f"{out} is a file, not a session folder", hint="give a session name or a folder")
     return out
 
 
@@ -160,9 +160,9 @@ class SessionFolder:
     def refuse_foreign(self) -> None:
         from kedit.paths import check_new_place
 
-        check_new_place(self.path, "a session", UsageError)  # a kernel file system, under a file, not writable
         if self.path.exists() and not self.path.is_dir():
             raise SessionError(f"{self.path} is a file, not a session folder", hint="pick another name or path")
+        check_new_place(self.path, "a session", SessionError)  # a kernel file system, under a file, not writable
         if self.path.is_dir() and not self.exists() and any(not is_ours(p.name) for p in self.path.iterdir()):
             raise SessionError(f"{self.path} is a non-empty folder that is not a session", hint="pick another name or path")
 
