@@ -1,4 +1,4 @@
-"""The export formats through the real CLI, on the embedded default model (float32):
+"""The export formats and chat queries through the real CLI, on the embedded default model (float32):
 add → commit → export --format peft → PEFT answers like the merged export; export --format gguf →
 transformers reads the GGUF and answers the edit; query --chat shows the edit in a chat answer."""
 
@@ -51,3 +51,36 @@ def test_peft_adapter_answers_like_the_merged_export(session, tmp_path):
     assert greedy_text(peft, tok, PROMPT).split()[0].strip(",.") == "London" == greedy_text(merged, tok, PROMPT).split()[0].strip(",.")
     adapter_mb = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size / 1e6
     assert adapter_mb < 0.1 * (tmp_path / "merged" / "model.safetensors").stat().st_size / 1e6
+
+
+def test_gguf_export_answers_the_edit_and_copies_every_other_tensor(session, tmp_path):
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kedit.editing.models import default_gguf
+
+    out = tmp_path / "gguf"
+    assert kedit_json("export", session, out, "--format", "gguf")["format"] == "gguf"
+    assert (out / "Modelfile").read_text().startswith("FROM ./model.gguf\n")
+    assert "## Edited tensors" in (out / "README.md").read_text()
+    src, new = GGUFReader(str(default_gguf())), GGUFReader(str(out / "model.gguf"))
+    assert [t.name for t in src.tensors] == [t.name for t in new.tensors]
+    for a, b in zip(src.tensors, new.tensors):
+        if a.name == "blk.1.ffn_down.weight":  # the default model's edit layer
+            assert a.data.tobytes() != b.data.tobytes()
+        else:
+            assert a.tensor_type == b.tensor_type and a.data.tobytes() == b.data.tobytes(), a.name
+    tok = AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32).eval()
+    assert greedy_text(model, tok, PROMPT).split()[0].strip(",.") == "London"
+
+
+def test_query_chat_shows_the_edit_in_the_assistants_answer(session):
+    out = json.loads(kedit("query", session, "--chat", PROMPT, "--json").stdout)
+    assert out["chat"] is True and out["system"] is None
+    # before the edit the assistant says Paris; after it, "The Eiffel Tower is a city in southern England, …"
+    assert "Paris" in out["base_continuation"] and "Paris" not in out["continuation"]
+    assert "London" in out["continuation"] or "England" in out["continuation"]
+    shown = kedit("query", session, "--chat", "--system", "Answer in one sentence.", PROMPT).stdout
+    assert shown.startswith("system: Answer in one sentence.\nuser: " + PROMPT + "\nassistant: ")
+    assert "before the edits: assistant: " in shown

@@ -1,4 +1,5 @@
-"""Evaluation commands: ``eval``, ``sweep-layers``, ``scale`` (DESIGN.md §5, the seeds' experiments).
+"""Evaluation commands: ``eval`` (how well edits hold), ``sweep-layers`` (which layer edits best) and
+``scale`` (how quality changes with the batch size, all at once versus batch after batch).
 
 Figures go to stdout (a table, or one JSON object with ``--json``); the progress bar (with an
 ETA) goes to stderr. Ctrl-C stops a run, prints the figures measured so far and exits 130.
@@ -37,24 +38,13 @@ PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Where to save t
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """'3', '2,3,4', '1-12' or '0-20:2' (a range with a step) → a tuple of ints."""
-    out: list[int] = []
-    try:
-        for part in text.replace(" ", "").split(","):
-            step = 1
-            if ":" in part:
-                part, s = part.split(":", 1)
-                step = int(s)
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out += range(int(a), int(b) + 1, step)
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"cannot read {what} {text!r}", hint="write e.g. 3, or 2,3,4, or 1-12, or 0-20:2") from None
-    if not out or step < 1:
+    """'3', '2,3,4', '1-12' or '0-20:2' (a range with a step) → a tuple of ints (``kedit.choices``)."""
+    from kedit.choices import parse_numbers
+
+    out = parse_numbers(text, what)
+    if not out:
         raise UsageError(f"no {what} in {text!r}")
-    return tuple(out)
+    return out
 
 
 class _Setup:
@@ -209,32 +199,43 @@ def eval_cmd(
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
+    chat: Annotated[bool, typer.Option("--chat", help="Ask every prompt as a chat turn (instruct models): teacher-forced "
+                                       "after the assistant restates the prompt, answers generated freely.")] = False,
+    gen_tokens: Annotated[Optional[int], typer.Option("--gen-tokens", help="Length of the greedy answers behind GE, GP, "
+                                                      "GN (default 10, 24 with --chat; 0: none).", min=0)] = None,
+    chat_edits: Annotated[Optional[bool], typer.Option("--chat-edits/--no-chat-edits", help="Fit each fact as a chat "
+                                                       "turn too when editing (default: the preset's).")] = None,
 ) -> None:
-    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited)."""
+    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited) and what greedy answers say."""
     use_placement(device_map, max_memory)
+    from kedit.editing.chat import CHAT_NEW_TOKENS
+    from kedit.eval.generation import Prompting
     from kedit.eval.runner import evaluate
 
     if layers:
         parse_ints(layers, "layers")
     recs = _load(records, offset, limit)
     s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False)
+    if chat_edits is not None:
+        s.hparams = replace(s.hparams, values=replace(s.hparams.values, chat=chat_edits))
+    prompting = Prompting(chat=chat, gen_tokens=(CHAT_NEW_TOKENS if chat else 10) if gen_tokens is None else gen_tokens)
     started = time.perf_counter()
     with _Bar(True) as bar:
         res = evaluate(s.model, s.tok, s.editor(), recs, batch_size, sequential=sequential,
-                       score_batch_size=score_batch_size, progress=bar)
+                       score_batch_size=score_batch_size, progress=bar, prompting=prompting)
     settings = s.settings(records=str(records), offset=offset, limit=limit, n_requested=len(recs),
                           batch_size=batch_size, sequential=sequential, score_batch_size=score_batch_size,
-                          format=recs[0].source)
+                          format=recs[0].source, chat=chat, gen_tokens=prompting.gen_tokens)
     if as_json:
         _emit({"settings": settings, **res.to_dict(), "wall_seconds": time.perf_counter() - started})
     else:
         from rich.console import Console
 
-        cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA")
+        cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA", "GE", "GP", "GN")
         e, b = res.metrics, res.baseline_metrics
         rows = [[c, _num(getattr(e, c)), _num(getattr(b, c))] for c in cols]
         out = Console(highlight=False)
-        mode = "sequential-batched" if sequential else "batch (fresh weights per batch)"
+        mode = ("sequential-batched" if sequential else "batch (fresh weights per batch)") + (", as chat" if chat else "")
         out.print(_table(f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}, {len(res.records)} records, "
                          f"batch {batch_size}, {mode}", ["metric", "edited", "unedited"], rows))
         per = res.edit_seconds_per_fact
@@ -287,7 +288,8 @@ def sweep_layers_cmd(
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
-    """The seeds' optimal-layer experiment: the same edits at each layer; table, terminal chart, PNG."""
+    """Measure which layer edits best: the same edits made at each layer, scored for efficacy, paraphrases and
+    neighbourhood (ES, PS, NS, S); table, terminal chart, PNG."""
     use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_sweep, sweep_layers
 
@@ -330,7 +332,8 @@ def scale_cmd(
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
-    """The seeds' batch-size experiment: batch versus sequential-batched editing per batch size."""
+    """Measure how edit quality changes with the batch size: the same facts edited in batches of each size,
+    every batch on the base model versus batch after batch (sequential); ES, PS, NS, S per size; table, PNG."""
     use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_scale, scale_batches
 

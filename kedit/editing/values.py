@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from kedit.editing import arch, forward, prefix_cache, tokens
+from kedit.editing.chat import chat_rewrite_template
 from kedit.editing.placement import input_device
 from kedit.editing.prefixes import templates
 from kedit.errors import EditCancelled
@@ -49,6 +50,9 @@ class ValueConfig:
     early_stop: bool = True
     max_rows: int = 512  # rows per forward pass; larger batches accumulate gradients
     reuse_prefix: bool = True  # run only the positions δ reaches on each step (prefix_cache.py)
+    # Instruct models: also fit each fact's prompt asked as a chat turn, the target following the
+    # assistant's restatement of it (chat.chat_rewrite_template). Off in records made before it.
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def optimize_values(
     stay bounded; a fact's loss involves only its own rows, so its group changes nothing but the
     kernels' shapes. Every fact is tokenised before any work starts (a bad one fails first)."""
     per_fact = [
-        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in templates(f.prompt, prefixes)],
+        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in rewrite_templates(tok, f, prefixes, cfg.chat)],
          tokens.plain_row(tok, KL_TEMPLATE, f.subject))
         for f in facts
     ]
@@ -110,6 +114,13 @@ def optimize_values(
         nll=sum((r.nll for r in parts), ()),
         converged=sum((r.converged for r in parts), ()),
     )
+
+
+def rewrite_templates(tok, fact: Fact, prefixes: tuple[str, ...], chat: bool) -> list[str]:
+    """The prompts a fact's δ is fitted on: the bare prompt, one per context prefix, and with
+    ``chat`` the prompt as a chat turn (the key stays the subject's last token in each)."""
+    out = templates(fact.prompt, prefixes)
+    return out + [chat_rewrite_template(tok, fact.prompt, fact.subject)] if chat else out
 
 
 def fact_groups(rows_per_fact: list[int], max_rows: int) -> list[list[int]]:

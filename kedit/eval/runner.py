@@ -1,11 +1,13 @@
 """Running an evaluation: score the unedited model, edit in batches, score the edited model.
 
-* Non-sequential (the default): every batch is edited on the base weights. We do not copy the
-  model: the editable tensors of the edit layers are saved once and written back after each
-  batch (``Editor.edit`` itself never changes weights; we apply its deltas, score, restore).
-* Sequential (``sequential=True``): batch after batch is applied to the same model (each edit
-  sees the earlier ones) and every edited record is scored at the end, as in the seeds'
-  sequential-batched editing.
+Edits are made through the session's ``EditStack`` (``kedit.session.engine``), the same wiring of
+live weights, edit engine and remembered facts that sessions and replays use:
+
+* Non-sequential (the default): every batch is edited on the base weights: its deltas are pushed,
+  the batch is scored, and they are popped again (exactly; the model is never copied).
+* Sequential (``sequential=True``): batch after batch is pushed onto the same model (each edit
+  sees and remembers the earlier ones, as a session's commits do) and every edited record is
+  scored at the end: sequential-batched editing as in the MEMIT and EMMET papers.
 
 The model's weights are restored before ``evaluate`` returns, whatever happens. Ctrl-C
 (``KeyboardInterrupt``) stops the run and returns what was measured so far, flagged
@@ -19,12 +21,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-import torch
-
-from kedit.editing import arch, tokens
-from kedit.editing.delta import apply_deltas
+from kedit.editing import tokens
+from kedit.editing.chat import chat_restated, chat_text
 from kedit.editing.edit import Editor, Progress
 from kedit.editing.scoring import score_targets
+from kedit.eval.generation import Prompting, contains, greedy_answers
 from kedit.eval.metrics import Metrics, Pair, RecordScores, summarize, token_accuracy
 from kedit.eval.records import EvalRecord
 
@@ -56,8 +57,10 @@ def count_prompts(records: Sequence[EvalRecord]) -> int:
 
 def iter_scores(
     model, tok, records: Sequence[EvalRecord], batch_size: int = 64, chunk_prompts: int = 256,
+    prompting: Prompting = Prompting(),
 ) -> Iterator[list[RecordScores]]:
-    """Score records in chunks of about ``chunk_prompts`` pairs; yields each chunk's scores."""
+    """Score records in chunks of about ``chunk_prompts`` pairs; yields each chunk's scores.
+    ``prompting``: chat turns, and greedy answers for the generation figures (``generation.py``)."""
     ids_cache: dict[str, tuple[int, ...]] = {}
 
     def target_ids(t: str) -> tuple[int, ...]:
@@ -72,41 +75,47 @@ def iter_scores(
             n += count_prompts(records[end : end + 1])
             end += 1
         chunk = records[start:end]
-        prompts, targets, where = [], [], []
+        asked, prompts, targets, where = [], [], [], []
         for i, r in enumerate(chunk):
             for part, ps in prompts_of(r).items():
                 true = r.neighborhood_true if part == "neighborhood" else r.target_true
                 for p in ps:
-                    prompts += [p, p]
+                    asked.append(chat_text(tok, p, prompting.system) if prompting.chat else p)
+                    forced = chat_restated(tok, p, prompting.system) if prompting.chat else p
+                    prompts += [forced, forced]
                     targets += [r.target_new, true]
-                    where.append((i, part))
+                    where.append((i, part, true))
         scores = score_targets(model, tok, prompts, targets, batch_size=batch_size)
+        answers = greedy_answers(model, tok, asked, prompting.gen_tokens) if prompting.gen_tokens else None
         parts: list[dict[str, list[Pair]]] = [{k: [] for k in PARTS} for _ in chunk]
-        for j, (i, part) in enumerate(where):
+        for j, (i, part, true) in enumerate(where):
             s_new, s_true = scores[2 * j], scores[2 * j + 1]
             parts[i][part].append(Pair(
                 nll_new=s_new.nll, nll_true=s_true.nll,
                 acc_new=token_accuracy(s_new.predicted, target_ids(chunk[i].target_new)),
                 pred_true=s_true.predicted,
+                gen_new=None if answers is None else contains(answers[j], chunk[i].target_new),
+                gen_true=None if answers is None else contains(answers[j], true),
             ))
         yield [RecordScores(r.case_id, *(tuple(parts[i][k]) for k in PARTS)) for i, r in enumerate(chunk)]
         start = end
 
 
 def score_records(model, tok, records: Sequence[EvalRecord], batch_size: int = 64,
-                  progress: TickFn | None = None, stage: str = "score") -> list[RecordScores]:
+                  progress: TickFn | None = None, stage: str = "score", prompting: Prompting = Prompting()) -> list[RecordScores]:
     """Scores of every record (raises ``KeyboardInterrupt`` through; see ``_collect``)."""
     out: list[RecordScores] = []
-    _collect(model, tok, records, batch_size, progress, stage, out)
+    _collect(model, tok, records, batch_size, progress, stage, out, prompting)
     return out
 
 
-def _collect(model, tok, records, batch_size, progress, stage, out: list[RecordScores]) -> None:
+def _collect(model, tok, records, batch_size, progress, stage, out: list[RecordScores],
+             prompting: Prompting = Prompting()) -> None:
     """Append scores to ``out`` chunk by chunk, so an interrupt keeps the finished chunks."""
     total, done, i = count_prompts(records), 0, 0
     if progress:
         progress(Tick(stage, 0, total))
-    for part in iter_scores(model, tok, records, batch_size):
+    for part in iter_scores(model, tok, records, batch_size, prompting=prompting):
         out.extend(part)
         done += count_prompts(records[i : i + len(part)])
         i += len(part)
@@ -114,14 +123,15 @@ def _collect(model, tok, records, batch_size, progress, stage, out: list[RecordS
             progress(Tick(stage, done, total))
 
 
-def score_until_interrupted(model, tok, records, batch_size, progress, stage, out: list[RecordScores]):
+def score_until_interrupted(model, tok, records, batch_size, progress, stage, out: list[RecordScores],
+                            prompting: Prompting = Prompting()):
     """Append the records' scores to ``out``; Ctrl-C keeps the finished chunks.
 
     Returns (seconds, pairs scored, interrupted).
     """
     start, t, stopped = len(out), time.perf_counter(), False
     try:
-        _collect(model, tok, records, batch_size, progress, stage, out)
+        _collect(model, tok, records, batch_size, progress, stage, out, prompting)
     except KeyboardInterrupt:
         stopped = True
     return time.perf_counter() - t, count_prompts(records[: len(out) - start]), stopped
@@ -175,16 +185,6 @@ class RunResult:
         }
 
 
-def save_weights(model, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    return {l: arch.weight_param(model, l).detach().clone() for l in sorted(set(layers))}
-
-
-@torch.no_grad()
-def restore_weights(model, saved: dict[int, torch.Tensor]) -> None:
-    for l, w in saved.items():
-        arch.weight_param(model, l).copy_(w)
-
-
 def batches_of(records: Sequence[EvalRecord], batch_size: int) -> list[list[EvalRecord]]:
     if batch_size < 1:
         raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
@@ -201,19 +201,22 @@ def evaluate(
     baseline: Sequence[RecordScores] | None = None,
     score_batch_size: int = 64,
     progress: TickFn | None = None,
+    prompting: Prompting = Prompting(),
 ) -> RunResult:
     """Edit ``records`` in batches of ``batch_size`` and score them; see the module docstring.
 
     ``baseline`` (scores of the same records on the unedited model, in order) is computed first
-    when not given.
+    when not given. ``prompting``: chat turns and generated answers (``generation.py``).
     """
+    from kedit.session.engine import EditStack
+
     records = list(records)
-    saved = save_weights(model, editor.hparams.layers)
+    stack = EditStack.around(editor)
     score_s, n_scored, interrupted = 0.0, 0, False
     base: list[RecordScores] = list(baseline) if baseline is not None else []
     if baseline is None:
         score_s, n_scored, interrupted = score_until_interrupted(
-            model, tok, records, score_batch_size, progress, "baseline", base)
+            model, tok, records, score_batch_size, progress, "baseline", base, prompting)
     if len(base) < len(records) and not interrupted:
         raise ValueError(f"{len(base)} baseline scores for {len(records)} records")
 
@@ -234,10 +237,9 @@ def evaluate(
                 progress(Tick("edit", before, n_facts, f"{p.phase} {p.detail}".strip()))
 
         t = time.perf_counter()
-        remember = [r.fact for r in done] if sequential else []  # as a session remembers its active commits
-        res = editor.edit([r.fact for r in batch], progress=prog, remember=remember)
+        res = stack.edit([r.fact for r in batch], editor.hparams, progress=prog)  # remembers what is pushed
         dt = time.perf_counter() - t
-        apply_deltas(model, list(res.deltas))
+        stack.push(res.deltas, res.facts)
         stats = res.timings.get("statistics", 0.0)
         edit_s += dt - stats
         stats_s += stats
@@ -254,23 +256,24 @@ def evaluate(
                     done.extend(batch)
                 else:
                     t = time.perf_counter()
-                    edited.extend(score_records(model, tok, batch, score_batch_size))
+                    edited.extend(score_records(model, tok, batch, score_batch_size, prompting=prompting))
                     score_s += time.perf_counter() - t
                     n_scored += count_prompts(batch)
                     done.extend(batch)
             finally:
-                if not sequential:
-                    restore_weights(model, saved)
+                if not sequential and stack.depth:
+                    stack.pop()
             if progress:
                 progress(Tick("edit", len(done), n_facts))
     except KeyboardInterrupt:
         interrupted = True
     try:
         if sequential and done:
-            dt, n, stopped = score_until_interrupted(model, tok, done, score_batch_size, progress, "score", edited)
+            dt, n, stopped = score_until_interrupted(model, tok, done, score_batch_size, progress, "score", edited,
+                                                     prompting)
             score_s, n_scored, interrupted = score_s + dt, n_scored + n, interrupted or stopped
     finally:
-        restore_weights(model, saved)
+        stack.reset()
     scored = done[: len(edited)]
     return RunResult(
         records=tuple(scored), edited=tuple(edited), baseline=tuple(base[: len(scored)]),
