@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from kedit.editing import Editor, arch, load_model, model_fingerprint, preset, sample_prefixes, score_targets
 from kedit.editing.delta import updated_weight
 from kedit.editing.placement import Placement, current, parse_placement, use
-from kedit.errors import UsageError
+from kedit.errors import DeviceError, UsageError
 from kedit.facts import Fact
 from kedit.paths import cache_dir
 
@@ -158,5 +158,5 @@ def test_quantised_loading_with_a_placement_needs_a_gpu(tiny_dir, monkeypatch):
     from kedit.editing.quant import load_quantized_for_editing
 
     monkeypatch.setenv("KEDIT_MAX_MEMORY", "cpu=13MB")
-    with pytest.raises(UsageError, match="needs a GPU"):
+    with pytest.raises(DeviceError, match="needs a GPU"):
         load_quantized_for_editing(str(tiny_dir), "nf4", [1], device="cpu", dtype="float32")

@@ -196,7 +196,7 @@ def load_model(
     kwargs.update(places.load_kwargs(spread))
     if quantization_config is not None and spread.spread:
         if not torch.cuda.is_available():
-            raise UsageError("--device-map/--max-memory with a quantised model (--load, --query-quant) needs a GPU",
+            raise DeviceError("--device-map/--max-memory with a quantised model (--load, --query-quant) needs a GPU",
                              hint="bitsandbytes quantises only what sits on a GPU; drop --device-map/--max-memory here")
         # what the quantised GPUs cannot hold stays unquantised on the CPU or disk
         quantization_config.llm_int8_enable_fp32_cpu_offload = True
