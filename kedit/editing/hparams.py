@@ -139,7 +139,7 @@ def preset(model_name: str, method: str = "emmet", num_layers: int | None = None
     """Settings for ``model_name`` (a name, path or hub id) and ``method``.
 
     Unknown models get the default model's settings with the layer placed at ~10% of depth (the
-    seeds find early layers best); ROME is EMMET with one fact per batch. Instruct models also
+    published layer sweeps find early layers best); ROME is EMMET with one fact per batch. Instruct models also
     fit each fact as a chat turn (``ValueConfig.chat``): on the default model, 32 CounterFact
     edits then show in 50% of chat answers instead of 34% (docs/results.md).
     """
