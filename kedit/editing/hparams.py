@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 from kedit.editing.values import ValueConfig
+from kedit.choices import METHODS, method_name  # noqa: F401 (METHODS: one list, in kedit.choices)
 from kedit.errors import UsageError
 
-METHODS = ("emmet", "memit", "rome")
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,7 @@ class HParams:
     preserve: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
+        method_name(self.method)
         if not self.layers:
             raise UsageError("an edit needs at least one layer")
         if self.method in ("emmet", "rome") and len(self.layers) != 1:
@@ -140,12 +139,11 @@ def preset(model_name: str, method: str = "emmet", num_layers: int | None = None
     """Settings for ``model_name`` (a name, path or hub id) and ``method``.
 
     Unknown models get the default model's settings with the layer placed at ~10% of depth (the
-    seeds find early layers best); ROME is EMMET with one fact per batch. Instruct models also
+    published layer sweeps find early layers best); ROME is EMMET with one fact per batch. Instruct models also
     fit each fact as a chat turn (``ValueConfig.chat``): on the default model, 32 CounterFact
     edits then show in 50% of chat answers instead of 34% (docs/results.md).
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    method_name(method)
     fam = family_of(model_name)
     base_method = "emmet" if method == "rome" else method
     if fam is not None:
