@@ -197,6 +197,12 @@ def load_model(
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": str(dev) if dev.type != "cuda" else dev.index or 0}
     kwargs.update(places.load_kwargs(spread))
+    if quantization_config is not None and spread.spread:
+        if not torch.cuda.is_available():
+            raise DeviceError("--device-map/--max-memory with a quantised model (--load, --query-quant) needs a GPU",
+                             hint="bitsandbytes quantises only what sits on a GPU; drop --device-map/--max-memory here")
+        # what the quantised GPUs cannot hold stays unquantised on the CPU or disk
+        quantization_config.llm_int8_enable_fp32_cpu_offload = True
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
