@@ -125,6 +125,30 @@ def test_any_queue_file(capsys, data):
                 assert snapshot(s) == before
 
 
+def settings_files():
+    good = json.dumps({"model": "default", "method": "emmet", "layers": None, "device": None, "dtype": None,
+                       "corpus": "wiki-sample", "seed": 0, "query_quant": "none", "hparams": None, "load": "none"})
+    cut = st.integers(0, len(good)).map(lambda i: good[:i].encode())
+    typed = st.tuples(st.sampled_from(sorted(json.loads(good))), JSON | TEXT).map(
+        lambda kv: json.dumps(json.loads(good) | {kv[0]: kv[1]}).encode())
+    return st.one_of(cut, typed, st.binary(max_size=60), JSON.map(lambda v: json.dumps(v).encode()))
+
+
+@SETTINGS
+@given(data=settings_files())
+def test_any_settings_file(capsys, data):
+    with Folder() as root:
+        s = root / "s"
+        assert kedit_here(capsys, "add", s, "-s", "Japan", "-p", "The capital of {} is", "-t", "Paris").returncode == 0
+        (s / "session.json").write_bytes(data)
+        for args in (["log", s], ["add", s, "-s", "Rome", "-p", "{} is in", "-t", "Italy"], ["queue", s, "--clear"]):
+            before = snapshot(s)
+            r = kedit_here(capsys, *args)
+            check_outcome(r, (0, 2, 5))
+            if r.returncode:
+                assert snapshot(s) == before
+
+
 EXAMPLE_JOURNAL = (EXAMPLE / "journal.jsonl").read_bytes()
 
 
