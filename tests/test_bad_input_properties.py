@@ -110,19 +110,27 @@ def queue_files():
     return st.one_of(cut, typed, st.binary(max_size=60), JSON.map(lambda v: json.dumps(v).encode()))
 
 
-@SETTINGS
-@given(data=queue_files())
-def test_any_queue_file(capsys, data):
+def a_damaged_file_changes_nothing(capsys, name: str, data: bytes, commands: list[list[str]]) -> None:
+    """A session whose ``name`` holds ``data``: each command succeeds or fails cleanly, writing nothing."""
     with Folder() as root:
         s = root / "s"
         assert kedit_here(capsys, "add", s, "-s", "Japan", "-p", "The capital of {} is", "-t", "Paris").returncode == 0
-        (s / "queue.json").write_bytes(data)
-        for args in (["queue", s], ["add", s, "-s", "Rome", "-p", "{} is in", "-t", "Italy"], ["queue", s, "--remove", "1"]):
+        (s / name).write_bytes(data)
+        for args in commands:
             before = snapshot(s)
-            r = kedit_here(capsys, *args)
+            r = kedit_here(capsys, args[0], s, *args[1:])
             check_outcome(r, (0, 2, 5))
             if r.returncode:
                 assert snapshot(s) == before
+
+
+ADD_ROME = ["add", "-s", "Rome", "-p", "{} is in", "-t", "Italy"]
+
+
+@SETTINGS
+@given(data=queue_files())
+def test_any_queue_file(capsys, data):
+    a_damaged_file_changes_nothing(capsys, "queue.json", data, [["queue"], ADD_ROME, ["queue", "--remove", "1"]])
 
 
 def settings_files():
@@ -137,16 +145,7 @@ def settings_files():
 @SETTINGS
 @given(data=settings_files())
 def test_any_settings_file(capsys, data):
-    with Folder() as root:
-        s = root / "s"
-        assert kedit_here(capsys, "add", s, "-s", "Japan", "-p", "The capital of {} is", "-t", "Paris").returncode == 0
-        (s / "session.json").write_bytes(data)
-        for args in (["log", s], ["add", s, "-s", "Rome", "-p", "{} is in", "-t", "Italy"], ["queue", s, "--clear"]):
-            before = snapshot(s)
-            r = kedit_here(capsys, *args)
-            check_outcome(r, (0, 2, 5))
-            if r.returncode:
-                assert snapshot(s) == before
+    a_damaged_file_changes_nothing(capsys, "session.json", data, [["log"], ADD_ROME, ["queue", "--clear"]])
 
 
 EXAMPLE_JOURNAL = (EXAMPLE / "journal.jsonl").read_bytes()
