@@ -383,3 +383,29 @@ def test_a_commit_remembers_the_active_commits(tmp_path, tiny_dir, corpus):
         moved[preserve] = float(((arch.weight_view(lm.model, 1).detach().double() - w1) @ k0).norm())
     assert moved[1.0] < 0.5 * moved[0.0], moved
     assert fast_hparams(tiny_dir).preserve == 1.0 == preset("default", "emmet").preserve
+
+
+@pytest.mark.parametrize("options", [
+    dict(norm_penalty=0.01, value_norm=1.0),  # ENCORE's norm penalty, NAS
+    dict(null_space=1e6, norm_penalty=10.0, method="memit", lam=1.0),  # AlphaEdit's projection (P = I here)
+])
+def test_replay_recomputes_the_lifelong_options_bit_identically(tmp_path, tiny_dir, corpus, options):
+    """Every lifelong option and stopping rule recorded in the journal; the session is reopened
+    between commits (its key cache starts empty, a replay's does not) and still replays exactly."""
+    from kedit.session.replay import replay
+
+    values = ValueConfig(steps=3, lr=0.5, min_prob=0.2, margin=0.1, patience=2)
+    hp = dataclasses.replace(fast_hparams(tiny_dir), remember_by_commit=True, values=values, **options)
+    lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    s = Session.attach(tmp_path / "s", lm, corpus=corpus, hparams=hp)
+    s.add(FACTS[0])
+    s.commit()
+    s = Session.open(s.path)
+    s.add_many([FACTS[1], FACTS[2]])
+    entry = s.commit()
+    assert HParams.from_dict(entry.hparams) == hp
+    s.undo()
+    s.add(FACTS[1])
+    s.commit()
+    r = replay(s.journal_path, recompute=True, verify=True)
+    assert r.mismatches == [] and r.fingerprint == s.fingerprint()

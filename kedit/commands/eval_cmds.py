@@ -32,6 +32,8 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the context prefix
 CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics C0.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's).", min=1)]
 ScoreBatchOpt = Annotated[int, typer.Option("--score-batch-size", help="Prompts per forward pass when scoring.", min=1)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Change one hyper-parameter of the preset, e.g. --set values.min_prob=0.5 (repeatable).")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Where to save the PNG plot.")]
 
 
@@ -60,10 +62,11 @@ class _Setup:
     """The loaded model, the preset and what every ``Editor`` of a run shares."""
 
     def __init__(self, model: str, method: str, layers: str | None, dtype, device, seed: int, corpus: str,
-                 threads: int | None, quiet: bool) -> None:
+                 threads: int | None, quiet: bool, overrides: list[str] | None = None) -> None:
         import torch
 
         from kedit.editing import arch, load_model, model_fingerprint, preset, sample_prefixes
+        from kedit.editing.hparams import with_settings
         from kedit.paths import cache_dir
 
         if threads:
@@ -76,6 +79,7 @@ class _Setup:
         hp = preset(model, method, num_layers=arch.num_layers(self.model))
         if layers:
             hp = replace(hp, layers=parse_ints(layers, "layers"))
+        hp = with_settings(hp, overrides or [])
         for l in hp.layers:
             arch.mlp_out_module(self.model, l)  # a clear error for a layer the model lacks
         self.hparams, self.seed, self.corpus, self.cache = hp, seed, corpus, cache_dir()
@@ -206,6 +210,7 @@ def eval_cmd(
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
+    overrides: SetOpt = None,
 ) -> None:
     """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited)."""
     from kedit.eval.runner import evaluate
@@ -213,7 +218,7 @@ def eval_cmd(
     if layers:
         parse_ints(layers, "layers")
     recs = _load(records, offset, limit)
-    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
     started = time.perf_counter()
     with _Bar(True) as bar:
         res = evaluate(s.model, s.tok, s.editor(), recs, batch_size, sequential=sequential,
@@ -320,6 +325,7 @@ def scale_cmd(
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
+    overrides: SetOpt = None,
 ) -> None:
     """The seeds' batch-size experiment: batch versus sequential-batched editing per batch size."""
     from kedit.eval.experiments import plot_scale, scale_batches
@@ -330,7 +336,7 @@ def scale_cmd(
     if layers:
         parse_ints(layers, "layers")
     recs = _load(records, offset, total)
-    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
     with _Bar(True) as bar:
         exp = scale_batches(s.model, s.tok, s.editor(), recs, sizes, score_batch_size, bar)
     settings = s.settings(records=str(records), offset=offset, total=len(recs), batch_sizes=list(sizes),

@@ -219,6 +219,7 @@ def evaluate(
 
     edited: list[RecordScores] = []
     done: list[EvalRecord] = []  # records whose edit was applied (sequential) or scored (batch)
+    batches_done: list[list[EvalRecord]] = []  # sequential: the batches applied, in order
     edit_s = stats_s = 0.0
     phases: dict[str, float] = {}
     n_batches = n_edited = 0
@@ -234,7 +235,7 @@ def evaluate(
                 progress(Tick("edit", before, n_facts, f"{p.phase} {p.detail}".strip()))
 
         t = time.perf_counter()
-        remember = [r.fact for r in done] if sequential else []  # as a session remembers its active commits
+        remember = [tuple(r.fact for r in b) for b in batches_done] if sequential else []  # as a session remembers its commits
         res = editor.edit([r.fact for r in batch], progress=prog, remember=remember)
         dt = time.perf_counter() - t
         apply_deltas(model, list(res.deltas))
@@ -252,6 +253,7 @@ def evaluate(
                 edit(batch)
                 if sequential:
                     done.extend(batch)
+                    batches_done.append(batch)
                 else:
                     t = time.perf_counter()
                     edited.extend(score_records(model, tok, batch, score_batch_size))

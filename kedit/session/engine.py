@@ -47,7 +47,7 @@ class EditEngine:
         return self._editors[key]
 
     def edit(self, facts, hp: HParams, progress: ProgressFn | None = None, should_stop=None, remember=()) -> EditResult:
-        """``remember``: the facts of the commits active before this one (``hp.preserve``)."""
+        """``remember``: the commits active before this one, one tuple of facts each (``hp.preserve``)."""
         ed = self.editor(hp)
         t = time.perf_counter()
         if _key(hp) not in self._ready:

@@ -77,7 +77,7 @@ def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = Fa
             progress(Progress("replay", i, total, detail=_describe(e)))
         if isinstance(e, CommitEntry):
             if recompute:
-                remember = [f for c in active_commits(journal.entries[:i]) for f in c.facts]
+                remember = [c.facts for c in active_commits(journal.entries[:i])]  # one tuple per commit
                 result = engine.edit(list(e.facts), HParams.from_dict(e.hparams), inner_progress, remember=remember)
                 deltas = result.deltas
             else:

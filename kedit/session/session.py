@@ -324,7 +324,7 @@ class Session:
             model, tok = self.lm.model, self.lm.tokenizer
             t0 = time.perf_counter()
             before = score_targets(model, tok, [f.text for f in facts], [f.target for f in facts])
-            remember = [f for c in self._journal.active_commits() for f in c.facts]
+            remember = [c.facts for c in self._journal.active_commits()]  # one tuple per commit
             result = self._engine.edit(facts, hp, progress, should_stop, remember)
             if should_stop is not None and should_stop():
                 raise EditCancelled("commit cancelled; no weight was changed")
