@@ -344,3 +344,52 @@ def scale_cmd(
     title = f"{method.upper()} layers {list(s.hparams.layers)}: {len(recs)} edits, batch vs sequential-batched"
     _show_experiment(exp, title, plot, lambda e, p: plot_scale(e, p, f"{model}: {title}"), settings, as_json)
     _finish(exp.interrupted)
+
+
+@app.command("lifelong")
+def lifelong_cmd(
+    records: RecordsOpt,
+    total: Annotated[int, typer.Option("--total", "-n", help="Number of sequential edits.", min=1)] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Facts per commit.", min=1)] = 16,
+    checkpoints: Annotated[Optional[str], typer.Option(
+        "--checkpoints", help="Numbers of edits at which to measure, e.g. 128,256,512 (default: ~8 even steps).")] = None,
+    model: ModelOpt = "default",
+    method: MethodOpt = "emmet",
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Edit layer(s) (default: the preset's).")] = None,
+    offset: OffsetOpt = 0,
+    plot: PlotOpt = Path("lifelong.png"),
+    as_json: JsonOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = 0,
+    corpus: CorpusOpt = "wiki-sample",
+    threads: ThreadsOpt = None,
+    score_batch_size: ScoreBatchOpt = 64,
+    overrides: SetOpt = None,
+) -> None:
+    """Sequential edits in batches, each commit remembering the earlier ones: ES/PS/NS/S of all
+    edits so far, the first batch's efficacy, held-out perplexity and commit time at checkpoints."""
+    from kedit.eval.lifelong import COLUMNS, plot_lifelong, run_lifelong, table_rows
+
+    marks = parse_ints(checkpoints, "checkpoints") if checkpoints else None
+    if layers:
+        parse_ints(layers, "layers")
+    recs = _load(records, offset, total)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
+    with _Bar(True) as bar:
+        run = run_lifelong(s.model, s.tok, s.editor(), recs, batch_size, marks, score_batch_size, bar)
+    title = f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}: {len(recs)} sequential edits, batches of {batch_size}"
+    saved = str(plot_lifelong(run, plot, f"{model}: {title}")) if plot is not None and run.checkpoints else None
+    if as_json:
+        _emit({"settings": s.settings(records=str(records), offset=offset, total=len(recs), batch_size=batch_size,
+                                      score_batch_size=score_batch_size, format=recs[0].source),
+               **run.to_dict(), "plot": saved})
+    else:
+        from rich.console import Console
+
+        out = Console(highlight=False)
+        out.print(_table(title + f" (base held-out NLL {run.base_nll:.3f}, ‖W‖ {run.base_weight_norm:.0f})",
+                         COLUMNS, table_rows(run)))
+        if saved:
+            out.print(f"plot saved to {saved}")
+    _finish(run.interrupted)

@@ -136,7 +136,10 @@ PRESETS: dict[str, dict[str, HParams]] = {
 
 def with_settings(hp: HParams, items: list[str] | tuple[str, ...]) -> HParams:
     """``hp`` with ``NAME=VALUE`` settings applied (``values.min_prob=0.5``, ``preserve=1``,
-    ``layers=1,2``); each value is read as the type the field has now."""
+    ``layers=1,2``); each value is read as the type the field has now, and the result is checked
+    once, with every setting applied."""
+    top: dict = {}
+    vals: dict = {}
     for item in items:
         name, sep, text = item.partition("=")
         name = name.strip()
@@ -149,10 +152,10 @@ def with_settings(hp: HParams, items: list[str] | tuple[str, ...]) -> HParams:
         if leaf not in {f.name for f in dataclasses.fields(target)}:
             known = ", ".join(f.name for f in dataclasses.fields(target) if f.name != "values")
             raise UsageError(f"unknown setting {name!r}", hint=f"known: {known}")
-        value = _parse_like(getattr(target, leaf), text.strip(), name)
-        hp = (dataclasses.replace(hp, values=dataclasses.replace(hp.values, **{leaf: value})) if owner
-              else dataclasses.replace(hp, **{leaf: value}))
-    return hp
+        (vals if owner else top)[leaf] = _parse_like(getattr(target, leaf), text.strip(), name)
+    if not top and not vals:
+        return hp
+    return dataclasses.replace(hp, values=dataclasses.replace(hp.values, **vals), **top)
 
 
 def _parse_like(current, text: str, name: str):
