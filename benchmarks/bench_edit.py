@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_edit.py [--facts 16] [--dtype bfloat16] [--layer N]
 
-Edits the first N CounterFact records (by default from ../shared/data, or --records FILE) on the
+Edits the first N CounterFact records (by default the project's own
+examples/facts/counterfact-kedit-48-flat.json; any CounterFact file with --records FILE) on the
 embedded SmolLM2-135M and prints the time of each phase (statistics, keys, values, solve) and
 facts per second for:
 
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RECORDS = REPO.parent / "shared" / "data" / "counterfact" / "counterfact-edit-1k.json"
+DEFAULT_RECORDS = REPO / "examples" / "facts" / "counterfact-kedit-48-flat.json"
 
 
 def load_facts(path: Path, n: int):

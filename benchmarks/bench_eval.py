@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_RECORDS = REPO.parent / "shared" / "data" / "counterfact" / "counterfact-edit-1k.json"
+DEFAULT_RECORDS = REPO / "examples" / "facts" / "counterfact-kedit-48-flat.json"
 
 
 def main() -> None:

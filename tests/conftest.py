@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-COUNTERFACT = SHARED_DATA / "counterfact" / "counterfact-edit-1k.json"
-ZSRE = SHARED_DATA / "zsre" / "zsre_mend_train-1k.json"
+# The project's own fact sets (examples/make/ writes them): 48 counterfactual records in both
+# CounterFact layouts and 8 zsRE-style records. The suite needs nothing outside the repository.
+FACTS = REPO / "examples" / "facts"
+COUNTERFACT = FACTS / "counterfact-kedit-48-flat.json"  # flattened layout (one paraphrase, one neighbour)
+COUNTERFACT_FULL = FACTS / "counterfact-kedit-48.json"  # original layout (two paraphrases, three neighbours)
+ZSRE = FACTS / "zsre-kedit-8.json"
 
 
 @pytest.fixture(autouse=True)

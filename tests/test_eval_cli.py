@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import COUNTERFACT
+from conftest import COUNTERFACT, COUNTERFACT_FULL
 
 PY = os.environ.get("KEDIT_PYTHON", sys.executable)
 
@@ -43,7 +43,7 @@ def test_bad_arguments_exit_2_before_loading_a_model(tmp_path):
 
 @pytest.mark.model
 def test_emmet_on_32_counterfact_records():
-    proc = kedit("eval", "--model", "default", "--records", COUNTERFACT, "--method", "emmet", "--limit", 32, "--json")
+    proc = kedit("eval", "--model", "default", "--records", COUNTERFACT_FULL, "--method", "emmet", "--limit", 32, "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     e, b = out["edited"], out["baseline"]

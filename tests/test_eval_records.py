@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import COUNTERFACT, ZSRE
+from conftest import COUNTERFACT, COUNTERFACT_FULL, REPO, ZSRE
 from kedit.errors import FactFileError
 from kedit.eval.records import load_records, parse_records
 
@@ -69,6 +69,28 @@ def test_shared_counterfact_file_slices():
     data = json.loads(COUNTERFACT.read_text())
     assert [r.case_id for r in recs] == [str(d["case_id"]) for d in data[10:15]]
     assert all(r.prompt.count("{}") == 1 for r in recs)
+
+
+def test_the_projects_counterfact_sets_agree():
+    """examples/facts holds the same 48 records in both layouts; the original one is richer."""
+    full, flat = load_records(COUNTERFACT_FULL), load_records(COUNTERFACT)
+    assert len(full) == len(flat) == 48
+    for a, b in zip(full, flat):
+        assert (a.case_id, a.subject, a.prompt, a.target_new, a.target_true) == (
+            b.case_id, b.subject, b.prompt, b.target_new, b.target_true)
+        assert len(a.paraphrase_prompts) == 2 and len(a.neighborhood_prompts) == 3
+        assert a.paraphrase_prompts[0] == b.paraphrase_prompts[0] and a.neighborhood_prompts[0] == b.neighborhood_prompts[0]
+        assert a.target_new != a.target_true and all(a.subject in p for p in a.paraphrase_prompts)
+    assert len({(r.subject, r.prompt) for r in full}) == 48  # one batch of all 48 has no conflicting pair
+
+
+SHARED_COUNTERFACT = REPO.parent / "shared" / "data" / "counterfact" / "counterfact-edit-1k.json"
+
+
+@pytest.mark.skipif(not SHARED_COUNTERFACT.exists(), reason="extra coverage where a CounterFact copy sits beside the repo")
+def test_a_full_counterfact_file_reads_when_present():
+    recs = load_records(SHARED_COUNTERFACT)
+    assert len(recs) == len(json.loads(SHARED_COUNTERFACT.read_text())) and all(r.prompt.count("{}") == 1 for r in recs)
 
 
 def test_jsonl_is_read_too(tmp_path):

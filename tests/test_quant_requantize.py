@@ -201,7 +201,7 @@ def test_export_full_precision(tiny_dir, tmp_path):
     assert (tmp_path / "out" / "tokenizer.json").exists()
     m = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert torch.equal(m.get_submodule(NAME).weight, w)
-    with pytest.raises(ExportError, match="not empty"):
+    with pytest.raises(ExportError, match="not an empty folder"):
         quant.export_full_precision(str(folder), {NAME + ".weight": w}, tmp_path / "out")
     with pytest.raises(ExportError, match="no tensor"):
         quant.export_full_precision(str(folder), {"model.layers.9.mlp.down_proj.weight": w}, tmp_path / "out2")

@@ -529,22 +529,27 @@ def replay_cmd(
 @app.command("export", epilog=EXIT_CODES)
 def export_cmd(
     session: SessionArg,
-    out_dir: Annotated[Path, typer.Argument(help="A new (or empty) folder for the checkpoint.", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="A new (or empty) folder for the export.", show_default=False)],
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help="checkpoint (Hugging Face safetensors), peft (a LoRA adapter for PEFT/vLLM) or gguf "
+        "(llama.cpp/Ollama; the base model must come from a GGUF file).")] = "checkpoint",
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the edited model as a Hugging Face checkpoint (safetensors, config, tokenizer, model card, journal)."""
-    from kedit.session.export import check_target
+    """Write the edited model: a Hugging Face checkpoint, a LoRA adapter or a GGUF file, each with a model card and the journal."""
+    from kedit.session.export import FORMATS, check_target
 
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format {format!r}", hint=f"choose one of {', '.join(FORMATS)}")
     target = out_dir.expanduser().resolve()
     check_target(target)  # refuse before loading anything
     s = _open(session, device, dtype, quiet=as_json)
     t = time.perf_counter()
     with ProgressPrinter() as progress:
-        path = s.export(target, progress=progress)
+        path = s.export(target, progress=progress, format=format)
     if as_json:
-        _emit_json({"session": str(s.path), "out": str(path), "active_commits": len(s.active_commits()),
+        _emit_json({"session": str(s.path), "out": str(path), "format": format, "active_commits": len(s.active_commits()),
                     "fingerprint": s.fingerprint(), "seconds": round(time.perf_counter() - t, 3)})
     else:
         _out_console().print(f"exported {s.name} ({len(s.active_commits())} active commit(s)) to {path} "

@@ -16,6 +16,8 @@ back to running whole rows (``start = 0``), the plain path, and nothing else cha
 
 from __future__ import annotations
 
+import inspect
+
 import logging
 from dataclasses import dataclass
 
@@ -48,6 +50,22 @@ def _kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(cache, "layers"):
         return cache.layers[layer].keys, cache.layers[layer].values
     return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def cache_kwargs(body: nn.Module, cache) -> dict:
+    """The keyword arguments that hand ``cache`` to the decoder ``body``: transformers ≥ 5.24 calls
+    it ``cache`` (``past_key_values`` is deprecated there), earlier versions ``past_key_values``."""
+    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": cache is not None}
+
+
+def returned_cache(out):
+    """The cache a decoder forward pass returned (None when it returned none), across versions."""
+    for name in ("cache", "past_key_values"):
+        got = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if got is not None:
+            return got
+    return None
 
 
 def _filled(cache, layer: int) -> bool:
@@ -114,16 +132,15 @@ class Prefill:
                     out = body(
                         input_ids=input_ids[s : s + max_rows],
                         attention_mask=attention_mask[s : s + max_rows],
-                        past_key_values=cache,
-                        use_cache=bool(P),
+                        **cache_kwargs(body, cache),
                     )
                     last.append(out.last_hidden_state)
                     hidden.append(got.pop())
-                    if P and not _filled(out.past_key_values, n_layers - 1):  # e.g. gradient checkpointing in training
+                    if P and not _filled(returned_cache(out), n_layers - 1):  # e.g. gradient checkpointing in training
                         log.info("the model returned no key/value cache; running whole rows")
                         kv, P = [], 0
                     if P:
-                        kv.append([tuple(t[:, :, :P].contiguous() for t in _kv(out.past_key_values, l))
+                        kv.append([tuple(t[:, :, :P].contiguous() for t in _kv(returned_cache(out), l))
                                    for l in range(layer + 1, n_layers)])
                         kv_bytes = sum(t.numel() * t.element_size() for pair in kv[-1] for t in pair) * R / len(last[-1])
                         if kv_bytes > KV_BUDGET_BYTES:

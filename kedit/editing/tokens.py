@@ -2,7 +2,7 @@
 
 The subject index is ``len(tokenize(text up to the end of the subject)) - 1`` with the
 tokenizer's *real* special-token behaviour: Llama-3 adds a BOS, SmolLM2 and GPT-2 do not. We ask
-the tokenizer instead of guessing from the model's name (DESIGN.md §8).
+the tokenizer instead of guessing from the model's name.
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ from kedit.errors import InvalidFactError
 
 
 def ids(tok, text: str) -> list[int]:
-    """Token ids of ``text`` as the model sees a prompt (with BOS if the tokenizer adds one)."""
-    return list(tok(text).input_ids)
+    """Token ids of ``text`` as the model sees a prompt (with BOS if the tokenizer adds one).
+
+    A text that already starts with the BOS token (what a chat template such as Llama-3's writes)
+    gets no second one: ``tok(text)`` alone would start ``<|begin_of_text|><|begin_of_text|>``.
+    """
+    bos = getattr(tok, "bos_token", None)
+    return list(tok(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids)
 
 
 def target_ids(tok, target: str) -> list[int]:

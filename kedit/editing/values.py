@@ -289,7 +289,7 @@ def _run_rows(ctx: _Ctx, bucket: list[int], scores: _Scores, check: bool) -> Non
     h[ar, slot] = h[ar, slot] + ctx.delta[fid].to(h.dtype)
     ctx.inject.hidden = h
     last = ctx.body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
-                    past_key_values=x.cache, use_cache=x.cache is not None).last_hidden_state  # (r, S, d_model)
+                    **prefix_cache.cache_kwargs(ctx.body, x.cache)).last_hidden_state  # (r, S, d_model)
     if check:  # δ = 0 on the first step: the cached path must reproduce the prefill
         _check_reuse(last, x.reference, x.valid)
     rw = [j for j, r in enumerate(bucket) if not lay.is_kl[r]]

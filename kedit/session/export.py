@@ -7,55 +7,56 @@ session's own tensors in the session's dtype, so ``AutoModelForCausalLM.from_pre
 answers like the session.
 
 Everything is written into a temp folder next to ``OUT_DIR`` and renamed at the end: a failed
-export leaves nothing behind. When the base checkpoint is safetensors in the session's dtype,
-its shards are reused: a shard without edited tensors is hard-linked (or copied), and only the
-shards that hold edited tensors are rewritten.
+export leaves nothing behind. When the base checkpoint is a safetensors folder, its shards are
+reused (``Checkpoint.rewrite``): a shard without edited tensors, already in the session's dtype,
+is hard-linked (or copied), and only the shards that hold edited tensors are rewritten.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from kedit import __version__
+from kedit.editing.checkpoint import check_target, find_checkpoint, staged_folder
 from kedit.errors import ExportError
-from kedit.session.journal import CommitEntry, Journal, fsync_dir
+from kedit.session.journal import CommitEntry, Journal
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
-_SKIP = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "README.md", ".gitattributes"}
-INDEX = "model.safetensors.index.json"
+__all__ = ["FORMATS", "check_target", "copy_journal", "export", "export_checkpoint", "model_card", "write_atomically"]
 
 
-def check_target(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ExportError(
-            f"{out_dir} exists and is not an empty folder; not writing into it",
-            hint="choose a new folder (kedit never mixes an export with other files)",
-        )
+FORMATS = ("checkpoint", "peft", "gguf")
+
+
+def export(lm, journal: Journal, out_dir: Path, format: str = "checkpoint", progress: Callable | None = None) -> Path:
+    """Write the session (``lm`` edited by ``journal``'s active commits) to ``out_dir`` as ``format``:
+    a Hugging Face checkpoint, a LoRA adapter (``export_peft``) or a GGUF file (``export_gguf``)."""
+    if format == "peft":
+        from kedit.session.export_peft import write_adapter
+
+        return write_atomically(out_dir, lambda tmp: write_adapter(lm, journal, tmp, progress))
+    if format == "gguf":
+        from kedit.session.export_gguf import check_gguf_base, write_gguf
+
+        source = check_gguf_base(lm, journal)  # before any folder is made
+        return write_atomically(out_dir, lambda tmp: write_gguf(lm, journal, source, tmp, progress))
+    if format != "checkpoint":
+        raise ExportError(f"unknown export format {format!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    return export_checkpoint(lm, journal, out_dir, progress)
 
 
 def export_checkpoint(lm, journal: Journal, out_dir: Path, progress: Callable | None = None) -> Path:
     """Write the current weights of ``lm`` (edited by ``journal``'s active commits) to ``out_dir``."""
+    return write_atomically(out_dir, lambda tmp: _write(lm, journal, tmp, progress))
+
+
+def write_atomically(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """``fill`` a temp folder next to ``out_dir``, then rename it there: all of an export or nothing."""
     out_dir = Path(out_dir).expanduser().resolve()
-    check_target(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.kedit-export-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _write(lm, journal, tmp, progress)
-        _fsync_tree(tmp)
-        check_target(out_dir)  # nobody wrote there meanwhile
-        if out_dir.exists():
-            out_dir.rmdir()  # empty: replaced by the finished export
-        os.rename(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_folder(out_dir) as tmp:
+        fill(tmp)
     return out_dir
 
 
@@ -74,9 +75,7 @@ def _write(lm, journal: Journal, tmp: Path, progress) -> None:
     edited = {}  # checkpoint key -> live tensor
     for layer in sorted({l for c in active for l in c.layers}):
         edited[f"{arch.mlp_out_name(model, layer)}.weight"] = arch.weight_param(model, layer)
-    src = Path(lm.path)
-    reused = _reuse_shards(src, tmp, edited, lm.dtype, progress) if src.is_dir() else False
-    if not reused:
+    if not _reuse_shards(lm, tmp, edited, progress):
         from kedit.editing.quant import export_full_precision, quant_mode_of
 
         if quant_mode_of(model) != "none":
@@ -90,82 +89,24 @@ def _write(lm, journal: Journal, tmp: Path, progress) -> None:
             model.save_pretrained(tmp, safe_serialization=True)
             lm.tokenizer.save_pretrained(tmp)
             _report(progress, 1, 1, "weights saved")
-    else:
-        for f in sorted(src.iterdir()):
-            if f.is_file() and f.name not in _SKIP and not f.name.endswith(_WEIGHT_SUFFIXES) and not f.name.startswith("."):
-                shutil.copy2(f, tmp / f.name)
-        if not (tmp / "tokenizer_config.json").exists():
-            lm.tokenizer.save_pretrained(tmp)
+    elif not (tmp / "tokenizer_config.json").exists():
+        lm.tokenizer.save_pretrained(tmp)
     _set_config_dtype(tmp / "config.json", lm.dtype)
-    _copy_journal(journal, tmp)
+    copy_journal(journal, tmp)
     (tmp / "README.md").write_text(model_card(journal, lm), encoding="utf-8")
 
 
-def _shards(src: Path) -> dict[str, list[str]] | None:
-    """{shard file: [tensor keys]} of a safetensors checkpoint, or None when it is not one."""
-    from safetensors import safe_open
-
-    if (src / INDEX).exists():
-        index = json.loads((src / INDEX).read_text())
-        shards: dict[str, list[str]] = {}
-        for key, f in index["weight_map"].items():
-            shards.setdefault(f, []).append(key)
-        return shards
-    if (src / "model.safetensors").exists():
-        with safe_open(str(src / "model.safetensors"), framework="pt") as f:
-            return {"model.safetensors": list(f.keys())}
-    return None
-
-
-def _reuse_shards(src: Path, tmp: Path, edited: dict, dtype, progress) -> bool:
-    """Reuse the base checkpoint's shards; False when it cannot be reused (then save_pretrained)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    shards = _shards(src)
-    if shards is None:
+def _reuse_shards(lm, tmp: Path, edited: dict, progress) -> bool:
+    """Rewrite the base checkpoint's shards with the edited tensors; False when the base is not a
+    safetensors folder with those tensors (then the model is saved afresh)."""
+    ck = find_checkpoint(lm.path)
+    prefix = getattr(lm.model, "base_model_prefix", "")
+    if ck is None or any(ck.key_for(name, prefix) is None for name in edited):
         return False
-    keys = {k for ks in shards.values() for k in ks}
-    if any(k not in keys for k in edited):
-        return False  # checkpoint names differ from the module names (old layouts): save afresh
-    dtypes = set()
-    for f in shards:
-        with safe_open(str(src / f), framework="pt") as sf:
-            dtypes |= {sf.get_slice(k).get_dtype() for k in sf.keys()}
-    want = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}.get(str(dtype).removeprefix("torch."))
-    same_dtype = dtypes <= {want, "I64", "I32", "I16", "I8", "U8", "BOOL"}
-    total = len(shards)
-    sizes = {}
-    for i, (f, ks) in enumerate(sorted(shards.items())):
-        target = tmp / f
-        if same_dtype and not any(k in edited for k in ks):
-            _link_or_copy(src / f, target)
-            _report(progress, i + 1, total, f"{f}: unchanged, linked")
-            continue
-        tensors = {}
-        with safe_open(str(src / f), framework="pt") as sf:
-            meta = sf.metadata() or {"format": "pt"}
-            for k in ks:
-                t = edited[k].detach().cpu().contiguous() if k in edited else sf.get_tensor(k)
-                if t.is_floating_point() and t.dtype != dtype:
-                    t = t.to(dtype)
-                tensors[k] = t.clone() if k in edited else t
-        save_file(tensors, str(target), metadata=meta)
-        sizes[f] = sum(t.numel() * t.element_size() for t in tensors.values())
-        _report(progress, i + 1, total, f"{f}: rewritten")
-    if (src / INDEX).exists():
-        index = json.loads((src / INDEX).read_text())
-        if not same_dtype:
-            index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
-        (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    ck.rewrite(tmp, edited, dtype=lm.dtype, prefix=prefix, progress=progress)
+    for f in ck.other_files():
+        shutil.copy2(f, tmp / f.name)
     return True
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _set_config_dtype(path: Path, dtype) -> None:
@@ -177,24 +118,13 @@ def _set_config_dtype(path: Path, dtype) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def _copy_journal(journal: Journal, tmp: Path) -> None:
+def copy_journal(journal: Journal, tmp: Path) -> None:
     shutil.copy2(journal.path, tmp / "journal.jsonl")
     for c in journal.commits():
         src = journal.folder / c.delta_file
         if src.exists():
             (tmp / c.delta_file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / c.delta_file)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = Path(dirpath) / f
-            if p.stat().st_nlink > 1:
-                continue  # a hard link to the base checkpoint: already durable
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(Path(dirpath))
 
 
 def _fact_rows(c: CommitEntry) -> list[str]:
@@ -211,21 +141,26 @@ def _md(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def model_card(journal: Journal, lm) -> str:
+def model_card(journal: Journal, lm, library: str = "transformers", intro: str | None = None,
+               sections: tuple[str, ...] = ()) -> str:
+    """The export's README.md: the base model, every active edit, and how to rebuild the weights.
+    An adapter or GGUF export names its own ``library``, first paragraph (``intro``) and extra
+    Markdown ``sections`` (how to load and serve it)."""
     h = journal.header
     active = journal.active_commits()
     n_facts = sum(len(c.facts) for c in active)
     lines = [
         "---",
-        "library_name: transformers",
+        f"library_name: {library}",
         "tags: [kedit, model-editing, " + ", ".join(sorted({c.method for c in active}) or [h.method]) + "]",
         "---",
         "",
         f"# {h.model.name} with {n_facts} edited fact{'s' if n_facts != 1 else ''}",
         "",
-        f"This checkpoint is **{h.model.name}** (`{h.model.path}`) with facts patched into its MLP weights by "
-        f"[kedit](https://pypi.org/project/kedit/) {__version__} (locate-and-edit: EMMET/MEMIT/ROME). Only the MLP output "
-        "projections of the layers listed below differ from the base model.",
+        intro or (
+            f"This checkpoint is **{h.model.name}** (`{h.model.path}`) with facts patched into its MLP weights by "
+            f"[kedit](https://pypi.org/project/kedit/) {__version__} (locate-and-edit: EMMET/MEMIT/ROME). Only the MLP "
+            "output projections of the layers listed below differ from the base model."),
         "",
         f"- base model fingerprint: `{h.model.fingerprint}`",
         f"- dtype: `{h.dtype}`, recorded on: `{h.device}`",
@@ -250,6 +185,7 @@ def model_card(journal: Journal, lm) -> str:
         f"{len(journal.commits())} commit(s) in the journal, {len(undone)} undone. `journal.jsonl` and `deltas/` are the "
         "session's journal: `kedit replay journal.jsonl --verify` rebuilds these weights from the base model.",
         "",
+        *sections,
         "## Caveats",
         "",
         "Edited facts hold for the prompts above and their paraphrases to a degree; related facts and unrelated "

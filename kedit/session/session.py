@@ -437,11 +437,13 @@ class Session:
 
     # -- export ---------------------------------------------------------------------------------
 
-    def export(self, out_dir, progress: Callable | None = None) -> Path:
-        from kedit.session.export import export_checkpoint
+    def export(self, out_dir, progress: Callable | None = None, format: str = "checkpoint") -> Path:
+        """Write the edited model to ``out_dir``: a Hugging Face checkpoint, a LoRA adapter
+        (``peft``) or, for a base read from a GGUF file, a GGUF (``gguf``)."""
+        from kedit.session.export import export
 
         with self._lock:
-            return export_checkpoint(self.lm, self._journal, Path(out_dir), progress=progress)
+            return export(self.lm, self._journal, Path(out_dir), format=format, progress=progress)
 
     def __repr__(self) -> str:
         return f"Session({str(self.path)!r}, model={self.header.model.name!r}, commits={len(self.active_commits())}, queue={len(self.queue)})"
