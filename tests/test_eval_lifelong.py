@@ -86,3 +86,18 @@ def test_heldout_nll_is_the_mean_token_nll(tokenizer):
     direct = float(-logp.gather(1, ids[0, 1:, None]).mean())
     assert heldout_nll(model, tokenizer, [text]) == pytest.approx(direct, rel=1e-5)
     assert len(heldout_paragraphs()) >= 8
+
+
+def test_eval_reports_fluency_and_heldout_perplexity(tmp_path, tiny_model_dir):  # noqa: F811
+    model, corpus = tiny_model_dir
+    recs = records_json(tmp_path / "r.json", n=2)
+    env = tiny_env(tmp_path)
+    proc = kedit_env(env, "eval", "--model", model, "--records", recs, "--batch-size", 1, "--corpus", corpus,
+                     "--json", "--set", "values.steps=2", "--set", "stats_tokens=1500")
+    assert proc.returncode == 0, proc.stderr
+    h = json.loads(proc.stdout)["health"]
+    for state in ("edited", "unedited"):
+        assert math.isfinite(h[state]["heldout_nll"]) and 0 <= h[state]["fluency"] < 2000
+    proc = kedit_env(env, "eval", "--model", model, "--records", recs, "--corpus", corpus, "--set", "values.steps=2",
+                     "--set", "stats_tokens=1500")
+    assert proc.returncode == 0 and "fluency" in proc.stdout and "held-out ppl" in proc.stdout, proc.stderr

@@ -4,6 +4,7 @@ cancel, query, replay (stored and recomputed, float32 and bf16) and export (sing
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 import shutil
@@ -409,3 +410,44 @@ def test_replay_recomputes_the_lifelong_options_bit_identically(tmp_path, tiny_d
     s.commit()
     r = replay(s.journal_path, recompute=True, verify=True)
     assert r.mismatches == [] and r.fingerprint == s.fingerprint()
+
+
+def test_commits_record_the_heldout_nll_and_a_large_move_is_flagged(tmp_path, tiny_dir, corpus):
+    import math
+
+    from kedit.editing.health import session_nll
+    from kedit.session.folder import SessionFolder
+
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    e = s.commit()
+    assert e.heldout_nll == pytest.approx(session_nll(s.lm.model, s.lm.tokenizer), abs=1e-5)
+    with s._weights.base():
+        assert e.heldout_base == pytest.approx(session_nll(s.lm.model, s.lm.tokenizer), abs=1e-5)
+    d = s.drift(e)
+    assert d.since_base == pytest.approx(math.exp(e.heldout_nll - e.heldout_base) - 1) == d.step
+    assert d.flagged == (d.step > s.settings.drift_threshold)
+    # the threshold is the session's setting: a tiny one flags any move
+    folder = SessionFolder(s.path)
+    folder.write_settings(dataclasses.replace(folder.read_settings(), drift_threshold=-1.0))
+    again = Session.open(s.path)
+    assert again.drift(e).flagged
+    assert read_journal(s.journal_path).entries[-1].heldout_nll == e.heldout_nll
+
+
+def test_drift_is_measured_against_the_commit_before_and_the_base():
+    from kedit.session.drift import drifts
+
+    def commit(seq, nll, base=2.0):
+        return CommitEntry(seq=seq, time="t", facts=(FACTS[0],), method="emmet", layers=(1,), hparams={}, timings={},
+                           delta_file="d", delta_sha256="x", fingerprint="f", efficacy=(), heldout_nll=nll,
+                           heldout_base=base)
+
+    old = dataclasses.replace(commit(5, None), heldout_base=None)  # as written before the health check
+    entries = [commit(1, 2.01), commit(2, 2.2), UndoEntry(3, "t", 2, "f"), commit(4, 2.0), old, commit(6, 2.1)]
+    d = drifts(entries, threshold=0.05)
+    assert d[1].step == pytest.approx(math.exp(0.01) - 1) == d[1].since_base and not d[1].flagged
+    assert d[2].step == pytest.approx(math.exp(0.19) - 1) and d[2].flagged
+    assert d[4].step == pytest.approx(math.exp(-0.01) - 1) and d[4].since_base == pytest.approx(0.0)  # after the undo
+    assert d[5].since_base is None and not d[5].flagged
+    assert d[6].step is None and d[6].since_base == pytest.approx(math.exp(0.1) - 1) and not d[6].flagged

@@ -211,8 +211,10 @@ def eval_cmd(
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
     overrides: SetOpt = None,
+    health: Annotated[bool, typer.Option("--health/--no-health", help="Also held-out perplexity and the fluency "
+                                         "(generation entropy) of greedy generations, edited and unedited.")] = True,
 ) -> None:
-    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited)."""
+    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited), fluency and held-out perplexity."""
     from kedit.eval.runner import evaluate
 
     if layers:
@@ -222,7 +224,7 @@ def eval_cmd(
     started = time.perf_counter()
     with _Bar(True) as bar:
         res = evaluate(s.model, s.tok, s.editor(), recs, batch_size, sequential=sequential,
-                       score_batch_size=score_batch_size, progress=bar)
+                       score_batch_size=score_batch_size, progress=bar, health=health)
     settings = s.settings(records=str(records), offset=offset, limit=limit, n_requested=len(recs),
                           batch_size=batch_size, sequential=sequential, score_batch_size=score_batch_size,
                           format=recs[0].source)
@@ -234,6 +236,13 @@ def eval_cmd(
         cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA")
         e, b = res.metrics, res.baseline_metrics
         rows = [[c, _num(getattr(e, c)), _num(getattr(b, c))] for c in cols]
+        if res.health is not None:
+            import math
+
+            ed, un = res.health["edited"] or {}, res.health["unedited"]
+            rows.append(["fluency", _num(ed.get("fluency")), _num(un["fluency"])])
+            rows.append(["held-out ppl", _num(math.exp(ed["heldout_nll"]), 2) if ed else "—",
+                         _num(math.exp(un["heldout_nll"]), 2)])
         out = Console(highlight=False)
         mode = "sequential-batched" if sequential else "batch (fresh weights per batch)"
         out.print(_table(f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}, {len(res.records)} records, "

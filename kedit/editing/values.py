@@ -67,6 +67,10 @@ class ValueResult:
 
 
 ProgressFn = Callable[[int, int, float, int], None]  # (step, total, mean loss of active facts, facts done)
+# For measuring stopping rules (benchmarks/tune_values.py): called on every step, before the update,
+# with (step, the group's δ (E, d_model), per fact a list of (probability, smallest log-probability
+# lead over the best other token, target is argmax everywhere) for each of its rewrite prompts).
+Observer = Callable[[int, torch.Tensor, list], None]
 
 
 @dataclass
@@ -86,6 +90,7 @@ def optimize_values(
     cfg: ValueConfig,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    observer: Observer | None = None,
 ) -> ValueResult:
     """δ for every fact. Facts are optimised in groups of at most ``cfg.max_rows`` rows (one
     forward pass per step each), so the cached prefixes and hidden states of a batch of thousands
@@ -97,7 +102,7 @@ def optimize_values(
         for f in facts
     ]
     if not cfg.reuse_prefix:  # the arithmetic of records made before groups existed: one group
-        return _optimize_group(model, per_fact, tokens.pad_id(tok), layer, cfg, progress, should_stop)
+        return _optimize_group(model, per_fact, tokens.pad_id(tok), layer, cfg, progress, should_stop, observer)
     parts, done_before = [], 0
     for group in fact_groups([len(rw) + 1 for rw, _ in per_fact], cfg.max_rows):
 
@@ -105,7 +110,8 @@ def optimize_values(
             if progress is not None:
                 progress(step, total, loss, base + n_done)
 
-        parts.append(_optimize_group(model, [per_fact[i] for i in group], tokens.pad_id(tok), layer, cfg, prog, should_stop))
+        parts.append(_optimize_group(model, [per_fact[i] for i in group], tokens.pad_id(tok), layer, cfg, prog, should_stop,
+                                     observer))
         done_before += len(group)
     if len(parts) == 1:
         return parts[0]
@@ -181,6 +187,7 @@ class _Ctx:
     delta: torch.Tensor  # (E, d_model) the parameters
     cfg: ValueConfig
     kl_init: dict  # KL row -> its log-probabilities at δ = 0
+    observe: bool = False  # collect per-prompt figures for an observer
 
 
 @dataclass
@@ -190,6 +197,7 @@ class _Scores:
     loss: torch.Tensor  # (E,) target NLL (mean over prompts) + kl_factor·KL, with gradient
     nll: torch.Tensor  # (E,) the target NLL alone, detached
     ok: list[list[bool]]  # per fact: the stopping rule on each of its rewrite prompts
+    seen: list[list] | None = None  # per fact, per rewrite prompt: (prob, margin, argmax) for an observer
 
 
 def _optimize_group(
@@ -200,6 +208,7 @@ def _optimize_group(
     cfg: ValueConfig,
     progress: ProgressFn | None,
     should_stop: Callable[[], bool] | None,
+    observer: Observer | None = None,
 ) -> ValueResult:
     device = next(model.parameters()).device
     lay = _layout(per_fact, pad, device)
@@ -213,7 +222,7 @@ def _optimize_group(
     opt = torch.optim.Adam([delta], lr=cfg.lr)
     facts = _FactState(E, cfg)
     with _frozen(model), forward.restart_above(model, layer) as inject, _attention_for_backward(device):
-        ctx = _Ctx(model, arch.base_model(model), inject, lay, pre, delta, cfg, {})
+        ctx = _Ctx(model, arch.base_model(model), inject, lay, pre, delta, cfg, {}, observe=observer is not None)
         for step in range(cfg.steps):
             if should_stop is not None and should_stop():
                 raise EditCancelled("edit cancelled while optimising values; no weight was changed")
@@ -222,6 +231,8 @@ def _optimize_group(
                 break
             opt.zero_grad(set_to_none=False)
             scores = _score_step(ctx, active, check=step == 0 and pre.reusing)
+            if observer is not None:
+                observer(step, delta.detach().clone(), scores.seen)
             act = torch.tensor(active, device=device)
             loss = scores.loss[act] + cfg.weight_decay * delta[act].norm(dim=-1) / h_norm[act] ** 2  # (n_active,)
             keep = facts.retire(active, scores, step)
@@ -262,7 +273,8 @@ def _score_step(ctx: _Ctx, active: list[int], check: bool) -> _Scores:
     act_rows = [r for e in active for r in lay.packs[e].rows + [lay.packs[e].kl_row]]
     E, device = len(lay.packs), ctx.delta.device
     while True:
-        scores = _Scores(torch.zeros(E, device=device), torch.zeros(E, device=device), [[] for _ in range(E)])
+        scores = _Scores(torch.zeros(E, device=device), torch.zeros(E, device=device), [[] for _ in range(E)],
+                         [[] for _ in range(E)] if ctx.observe else None)
         lengths = [len(lay.rows[r].input_ids) - int(pre.start[r]) for r in act_rows]  # positions each pass runs
         try:
             for bucket in length_buckets(lengths, ctx.cfg.max_rows):
@@ -319,6 +331,19 @@ def _target_terms(ctx: _Ctx, bucket, rw: list[int], last, start, fid, scores: _S
     ok = _stop_rule(logp.detach(), tt, row_of_tok, row_nll.detach(), ctx.cfg)
     for j, o in zip(rw, ok):
         scores.ok[ctx.lay.owner[bucket[j]]].append(o)
+    if scores.seen is not None:
+        seen = _prompt_figures(logp.detach(), tt, row_of_tok, row_nll.detach())
+        for j, x in zip(rw, seen):
+            scores.seen[ctx.lay.owner[bucket[j]]].append(x)
+
+
+def _prompt_figures(logp, tt, row_of_tok, row_nll) -> list[tuple[float, float, bool]]:
+    """Per rewrite prompt: target probability, smallest lead over the best other token, all argmax."""
+    target = logp.gather(1, tt[:, None])[:, 0]  # (P,)
+    lead = target - logp.scatter(1, tt[:, None], float("-inf")).max(-1).values  # (P,)
+    n = row_nll.shape[0]
+    low = torch.full((n,), float("inf"), device=lead.device).scatter_reduce(0, row_of_tok, lead, reduce="amin")
+    return [(float(p), float(m), float(m) > 0) for p, m in zip(torch.exp(-row_nll), low)]
 
 
 def _stop_rule(logp: torch.Tensor, tt: torch.Tensor, row_of_tok: torch.Tensor, row_nll: torch.Tensor,

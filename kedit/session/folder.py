@@ -68,6 +68,7 @@ class Settings:
     query_quant: str = "none"
     hparams: dict | None = None  # explicit HParams.to_dict() for the next commits (None: the preset)
     load: str = "none"  # int8/nf4: the model is loaded quantised except the edit layers (fixed at the start)
+    drift_threshold: float = 0.02  # a commit that moves held-out perplexity by more than this fraction is flagged
 
     def __post_init__(self) -> None:
         if self.query_quant not in QUERY_QUANTS:

@@ -58,6 +58,7 @@ class Session:
         self._engine = EditEngine(lm, self._weights, journal.header.prefixes, self.base_fingerprint, journal.header.corpus)
         self.hparams = _hparams_for(settings, journal.header, lm)
         self._qcopy = None  # quantised query copy (settings.query_quant), built on first query
+        self._base_nll: float | None = None  # held-out NLL of the base model (health check), measured once
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -314,6 +315,7 @@ class Session:
         ``should_stop`` cancels with ``EditCancelled`` before any weight or file changes.
         """
         from kedit.editing import Progress, score_targets
+        from kedit.editing.health import session_nll
         from kedit.session.engine import plain
 
         with self._lock:
@@ -324,6 +326,7 @@ class Session:
             model, tok = self.lm.model, self.lm.tokenizer
             t0 = time.perf_counter()
             before = score_targets(model, tok, [f.text for f in facts], [f.target for f in facts])
+            base_nll = self._heldout_base()
             remember = [c.facts for c in self._journal.active_commits()]  # one tuple per commit
             result = self._engine.edit(facts, hp, progress, should_stop, remember)
             if should_stop is not None and should_stop():
@@ -335,6 +338,7 @@ class Session:
             written: Path | None = None
             try:
                 after = score_targets(model, tok, [f.text for f in result.facts], [f.target for f in result.facts])
+                heldout = session_nll(model, tok)
                 prob_before = {f: b.prob for f, b in zip(facts, before)}
                 fp = self._weights.fingerprint()
                 seq = self._journal.next_seq
@@ -349,7 +353,7 @@ class Session:
                     delta_sha256=sha, fingerprint=fp,
                     efficacy=tuple(FactScore(prob=round(a.prob, 6), argmax=a.argmax, prob_before=round(prob_before[f], 6))
                                    for f, a in zip(result.facts, after)),
-                    value_steps=tuple(result.value_steps),
+                    value_steps=tuple(result.value_steps), heldout_nll=round(heldout, 6), heldout_base=round(base_nll, 6),
                 )
                 store.test_pause("delta-written")
                 append_entry(self.journal_path, entry)
@@ -364,6 +368,21 @@ class Session:
             if progress:
                 progress(Progress("apply", 2, 2, detail="done"))
             return entry
+
+    def _heldout_base(self) -> float:
+        """Held-out NLL of the base model (measured once per session object)."""
+        if self._base_nll is None:
+            from kedit.editing.health import session_nll
+
+            with self._weights.base():
+                self._base_nll = session_nll(self.lm.model, self.lm.tokenizer)
+        return self._base_nll
+
+    def drift(self, entry: CommitEntry):
+        """How far ``entry`` moved the held-out perplexity (``drift.Drift``; flagged past the threshold)."""
+        from kedit.session.drift import drifts
+
+        return drifts(self._journal.entries, self._settings.drift_threshold)[entry.seq]
 
     def undo(self) -> UndoEntry:
         """Take back the last active commit; the weights become bit-identical to before it."""
