@@ -1,4 +1,5 @@
-"""Where kedit keeps its files (platformdirs, with environment overrides).
+"""Where kedit keeps its files (platformdirs, with environment overrides), and making a folder's
+entries durable (``fsync_dir``).
 
 * ``KEDIT_CACHE_DIR``: converted default model and cached key statistics (C0).
 * ``KEDIT_SESSIONS_DIR``: where a bare session name goes (default ``./sessions``).
@@ -22,3 +23,12 @@ def cache_dir() -> Path:
 def sessions_dir() -> Path:
     env = os.environ.get("KEDIT_SESSIONS_DIR")
     return Path(env).expanduser() if env else Path.cwd() / "sessions"
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (new, renamed or removed files) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

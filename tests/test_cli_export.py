@@ -51,3 +51,25 @@ def test_peft_adapter_answers_like_the_merged_export(session, tmp_path):
     assert greedy_text(peft, tok, PROMPT).split()[0].strip(",.") == "London" == greedy_text(merged, tok, PROMPT).split()[0].strip(",.")
     adapter_mb = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size / 1e6
     assert adapter_mb < 0.1 * (tmp_path / "merged" / "model.safetensors").stat().st_size / 1e6
+
+
+def test_gguf_export_answers_the_edit_and_copies_every_other_tensor(session, tmp_path):
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kedit.editing.models import default_gguf
+
+    out = tmp_path / "gguf"
+    assert kedit_json("export", session, out, "--format", "gguf")["format"] == "gguf"
+    assert (out / "Modelfile").read_text().startswith("FROM ./model.gguf\n")
+    assert "## Edited tensors" in (out / "README.md").read_text()
+    src, new = GGUFReader(str(default_gguf())), GGUFReader(str(out / "model.gguf"))
+    assert [t.name for t in src.tensors] == [t.name for t in new.tensors]
+    for a, b in zip(src.tensors, new.tensors):
+        if a.name == "blk.1.ffn_down.weight":  # the default model's edit layer
+            assert a.data.tobytes() != b.data.tobytes()
+        else:
+            assert a.tensor_type == b.tensor_type and a.data.tobytes() == b.data.tobytes(), a.name
+    tok = AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32).eval()
+    assert greedy_text(model, tok, PROMPT).split()[0].strip(",.") == "London"

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from kedit.cli import app
+from kedit.commands.placement_opts import DeviceMapOpt, MaxMemoryOpt, use_placement
 from kedit.errors import UsageError
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: 'default', a local folder or a hub id.")]
@@ -206,34 +207,49 @@ def eval_cmd(
     as_json: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = 0,
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
+    chat: Annotated[bool, typer.Option("--chat", help="Ask every prompt as a chat turn (instruct models): teacher-forced "
+                                       "after the assistant restates the prompt, answers generated freely.")] = False,
+    gen_tokens: Annotated[Optional[int], typer.Option("--gen-tokens", help="Length of the greedy answers behind GE, GP, "
+                                                      "GN (default 10, 24 with --chat; 0: none).", min=0)] = None,
+    chat_edits: Annotated[Optional[bool], typer.Option("--chat-edits/--no-chat-edits", help="Fit each fact as a chat "
+                                                       "turn too when editing (default: the preset's).")] = None,
     overrides: SetOpt = None,
     health: Annotated[bool, typer.Option("--health/--no-health", help="Also held-out perplexity and the fluency "
                                          "(generation entropy) of greedy generations, edited and unedited.")] = True,
 ) -> None:
-    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited), fluency and held-out perplexity."""
+    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited), what greedy answers
+    say, fluency and held-out perplexity."""
+    use_placement(device_map, max_memory)
+    from kedit.editing.chat import CHAT_NEW_TOKENS
+    from kedit.eval.generation import Prompting
     from kedit.eval.runner import evaluate
 
     if layers:
         parse_ints(layers, "layers")
     recs = _load(records, offset, limit)
     s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
+    if chat_edits is not None:
+        s.hparams = replace(s.hparams, values=replace(s.hparams.values, chat=chat_edits))
+    prompting = Prompting(chat=chat, gen_tokens=(CHAT_NEW_TOKENS if chat else 10) if gen_tokens is None else gen_tokens)
     started = time.perf_counter()
     with _Bar(True) as bar:
         res = evaluate(s.model, s.tok, s.editor(), recs, batch_size, sequential=sequential,
-                       score_batch_size=score_batch_size, progress=bar, health=health)
+                       score_batch_size=score_batch_size, progress=bar, prompting=prompting, health=health)
     settings = s.settings(records=str(records), offset=offset, limit=limit, n_requested=len(recs),
                           batch_size=batch_size, sequential=sequential, score_batch_size=score_batch_size,
-                          format=recs[0].source)
+                          format=recs[0].source, chat=chat, gen_tokens=prompting.gen_tokens)
     if as_json:
         _emit({"settings": settings, **res.to_dict(), "wall_seconds": time.perf_counter() - started})
     else:
         from rich.console import Console
 
-        cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA")
+        cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA", "GE", "GP", "GN")
         e, b = res.metrics, res.baseline_metrics
         rows = [[c, _num(getattr(e, c)), _num(getattr(b, c))] for c in cols]
         if res.health is not None:
@@ -244,7 +260,7 @@ def eval_cmd(
             rows.append(["held-out ppl", _num(math.exp(ed["heldout_nll"]), 2) if ed else "—",
                          _num(math.exp(un["heldout_nll"]), 2)])
         out = Console(highlight=False)
-        mode = "sequential-batched" if sequential else "batch (fresh weights per batch)"
+        mode = ("sequential-batched" if sequential else "batch (fresh weights per batch)") + (", as chat" if chat else "")
         out.print(_table(f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}, {len(res.records)} records, "
                          f"batch {batch_size}, {mode}", ["metric", "edited", "unedited"], rows))
         per = res.edit_seconds_per_fact
@@ -290,12 +306,15 @@ def sweep_layers_cmd(
     as_json: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = 0,
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
     """The seeds' optimal-layer experiment: the same edits at each layer; table, terminal chart, PNG."""
+    use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_sweep, sweep_layers
 
     todo = parse_ints(layers, "layers")
@@ -330,6 +349,8 @@ def scale_cmd(
     as_json: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = 0,
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
@@ -337,6 +358,7 @@ def scale_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """The seeds' batch-size experiment: batch versus sequential-batched editing per batch size."""
+    use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_scale, scale_batches
 
     sizes = parse_ints(batch_sizes, "batch sizes")
@@ -370,6 +392,8 @@ def lifelong_cmd(
     as_json: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     seed: SeedOpt = 0,
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
@@ -378,6 +402,7 @@ def lifelong_cmd(
 ) -> None:
     """Sequential edits in batches, each commit remembering the earlier ones: ES/PS/NS/S of all
     edits so far, the first batch's efficacy, held-out perplexity and commit time at checkpoints."""
+    use_placement(device_map, max_memory)
     from kedit.eval.lifelong import COLUMNS, plot_lifelong, run_lifelong, table_rows
 
     marks = parse_ints(checkpoints, "checkpoints") if checkpoints else None

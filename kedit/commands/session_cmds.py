@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from kedit.cli import app
+from kedit.commands.placement_opts import DeviceMapOpt, MaxMemoryOpt, use_placement
 from kedit.errors import SessionError, UsageError
 
 EXIT_CODES = ("Exit codes: 0 ok, 1 error, 2 bad input, 3 missing package/model/device, 4 edit refused (weights untouched), "
@@ -370,10 +371,13 @@ def commit_cmd(
     method: MethodOpt = None,
     layers: LayersOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Edit the queued facts into the model as one batch and record it in the journal."""
+    use_placement(device_map, max_memory)
     _check_method(method)
     layer_tuple = _parse_layers(layers)
     s = _open(session, device, dtype, quiet=False)
@@ -404,8 +408,10 @@ def commit_cmd(
 
 
 @app.command("undo", epilog=EXIT_CODES)
-def undo_cmd(session: SessionArg, device: DeviceOpt = None, dtype: DtypeOpt = None, as_json: JsonOpt = False) -> None:
+def undo_cmd(session: SessionArg, device: DeviceOpt = None, device_map: DeviceMapOpt = None,
+             max_memory: MaxMemoryOpt = None, dtype: DtypeOpt = None, as_json: JsonOpt = False) -> None:
     """Take back the last commit (the weights return bit-identical to before it)."""
+    use_placement(device_map, max_memory)
     s = _open(session, device, dtype, quiet=as_json)
     entry = s.undo()
     if as_json:
@@ -421,10 +427,16 @@ def query_cmd(
     model: ModelOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="How many next tokens to show.")] = 5,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
     query_quant: Annotated[Optional[str], typer.Option(
         "--query-quant", help="Answer from a bitsandbytes-quantised copy: none, int8 or nf4 (a session keeps the choice)."
     )] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Ask as a chat turn through the model's chat template "
+                                                       "(instruct models) and show the assistant's answer.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="With --chat: the system prompt "
+                                                                   "(default: the template's own).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What the model answers: a session's edited model, or a plain model with --model.
@@ -432,13 +444,16 @@ def query_cmd(
     Several prompts are answered in turn by one loaded model; with --json each answer is one JSON
     object on its own line.
     """
+    if system is not None and not chat:
+        raise UsageError("--system goes with --chat", hint='kedit query SESSION --chat --system "Be brief." "PROMPT"')
+    use_placement(device_map, max_memory)
     from kedit.editing.quant import normalize_mode
 
     mode = normalize_mode(query_quant) if query_quant is not None else None  # a bad mode fails before any load
     if model is not None:
         prompts = list(args)
         _check_prompts(prompts)
-        ask = _plain_asker(model, top_k, device, dtype, mode or "none")
+        ask = _plain_asker(model, top_k, device, dtype, mode or "none", chat, system)
         where = model
     else:
         if len(args) < 2:
@@ -454,7 +469,7 @@ def query_cmd(
             s.set_query_quant(mode)
 
         def ask(prompt: str):
-            return s.query(prompt, top_k=top_k)
+            return s.query(prompt, top_k=top_k, chat=chat, system=system)
 
         where = str(s.path)
     for prompt in prompts:
@@ -469,17 +484,25 @@ def _check_prompts(prompts: list[str]) -> None:
 def _print_answer(result, where: str, as_json: bool) -> None:
     if as_json:
         _emit_json({
-            "source": where, "prompt": result.prompt, "continuation": result.continuation,
+            "source": where, "prompt": result.prompt, "chat": result.chat, "system": result.system,
+            "continuation": result.continuation,
             "top": [{"token": t.token, "prob": t.prob} for t in result.top],
             "base_continuation": result.base_continuation,
             "base_top": [{"token": t.token, "prob": t.prob} for t in result.base_top] if result.base_top else None,
         })
         return
     out = _out_console()
-    out.print(f"{_escape(result.prompt)}[bold]{_escape(result.continuation)}[/]", markup=True)
+    if result.chat:
+        if result.system:
+            out.print(f"system: {result.system}", markup=False)
+        out.print(f"user: {result.prompt}", markup=False)
+        out.print(f"assistant: [bold]{_escape(result.continuation)}[/]", markup=True)
+    else:
+        out.print(f"{_escape(result.prompt)}[bold]{_escape(result.continuation)}[/]", markup=True)
     out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.top), markup=False)
     if result.base_continuation is not None:
-        out.print(f"  before the edits: {result.prompt}{result.base_continuation}", markup=False)
+        shown = f"assistant: {result.base_continuation}" if result.chat else f"{result.prompt}{result.base_continuation}"
+        out.print(f"  before the edits: {shown}", markup=False)
         out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.base_top), markup=False)
 
 
@@ -489,10 +512,11 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none"):
+def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none", chat: bool = False,
+                 system: str | None = None):
     """A function prompt → QueryResult over a plain (unedited) model, loaded once."""
-    from kedit.editing import greedy, load_model, top_k_next
-    from kedit.session.session import MAX_NEW_TOKENS, QueryResult
+    from kedit.editing import load_model
+    from kedit.session.session import answer
 
     if query_quant != "none":
         from kedit.editing.quant import build_quantized_copy
@@ -502,8 +526,7 @@ def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none
         lm = load_model(model, device=device, dtype=dtype)
 
     def ask(prompt: str):
-        return QueryResult(prompt, greedy(lm.model, lm.tokenizer, prompt, MAX_NEW_TOKENS),
-                           top_k_next(lm.model, lm.tokenizer, prompt, top_k))
+        return answer(lm.model, lm.tokenizer, prompt, top_k, chat, system)
 
     return ask
 
@@ -516,12 +539,15 @@ def replay_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export the result as a Hugging Face checkpoint here.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The base model, if not where the journal says.")] = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Default: the journal's dtype.")] = None,
     load: Annotated[Optional[str], typer.Option(
         "--load", help="none (full precision), int8 or nf4. Default: as the session loaded it.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild a journal's edited model headlessly (checking its fingerprints)."""
+    use_placement(device_map, max_memory)
     from kedit.session.replay import replay
 
     with ProgressPrinter() as progress:
@@ -552,10 +578,13 @@ def export_cmd(
         "--format", "-f", help="checkpoint (Hugging Face safetensors), peft (a LoRA adapter for PEFT/vLLM) or gguf "
         "(llama.cpp/Ollama; the base model must come from a GGUF file).")] = "checkpoint",
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the edited model: a Hugging Face checkpoint, a LoRA adapter or a GGUF file, each with a model card and the journal."""
+    use_placement(device_map, max_memory)
     from kedit.session.export import FORMATS, check_target
 
     if format not in FORMATS:

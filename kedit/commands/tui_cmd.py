@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from kedit.cli import app
+from kedit.commands.placement_opts import DeviceMapOpt, MaxMemoryOpt, use_placement
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
@@ -27,6 +28,8 @@ def tui(
     method: Optional[str] = typer.Option(None, "--method", help="emmet, memit or rome for the next commits."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Layer(s) to edit, e.g. 4 or 4,5,6."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: auto)."),
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (default: auto)."),
     query_quant: Optional[str] = typer.Option(
         None, "--query-quant", help="Answer queries from a quantised copy: none, int8 or nf4 (default: the session's)."
@@ -36,6 +39,7 @@ def tui(
     ),
 ) -> None:
     """Open the interactive editor: fact queue, live query and edit log over a session."""
+    use_placement(device_map, max_memory)
     from kedit.editing.quant import normalize_mode
     from kedit.tui.app import KeditApp
 

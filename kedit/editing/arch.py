@@ -83,8 +83,18 @@ def mlp_out_module(model: nn.Module, layer: int) -> nn.Module:
 
 
 def weight_param(model: nn.Module, layer: int) -> torch.Tensor:
-    """The stored weight parameter of the projection (in its own layout)."""
-    return mlp_out_module(model, layer).weight
+    """The stored weight of the projection (in its own layout): the tensor forward passes read and
+    edits write, also when accelerate offloaded the module (``placement.held_weight``)."""
+    from kedit.editing.placement import held_weight
+
+    return held_weight(mlp_out_module(model, layer))
+
+
+def read_weight(model: nn.Module, layer: int) -> torch.Tensor:
+    """The projection's stored values (own layout), without keeping an offloaded copy in memory."""
+    from kedit.editing.placement import read_weight as read
+
+    return read(mlp_out_module(model, layer))
 
 
 def weight_view(model: nn.Module, layer: int) -> torch.Tensor:
@@ -95,7 +105,8 @@ def weight_view(model: nn.Module, layer: int) -> torch.Tensor:
 
 def dims(model: nn.Module, layer: int) -> tuple[int, int]:
     """(d_out, d_in) of the editable projection."""
-    d_out, d_in = weight_view(model, layer).shape
+    shape = mlp_out_module(model, layer).weight.shape  # also known for an offloaded (meta) weight
+    d_out, d_in = reversed(shape) if arch_of(model).transposed else shape
     return int(d_out), int(d_in)
 
 

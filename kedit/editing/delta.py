@@ -87,5 +87,5 @@ def fingerprint(model, layers: list[int], known: dict[int, str] | None = None) -
     h = hashlib.sha256()
     for l in sorted(set(layers)):
         h.update(f"{l}:".encode())
-        h.update((known[l] if l in known else tensor_digest(arch.weight_param(model, l))).encode())
+        h.update((known[l] if l in known else tensor_digest(arch.read_weight(model, l))).encode())
     return h.hexdigest()[:32]

@@ -21,6 +21,7 @@ from kedit.editing.delta import Delta, updated_weight
 from kedit.editing.hparams import HParams
 from kedit.editing.keys import compute_keys
 from kedit.editing.memory import Group, RememberedKeys
+from kedit.editing.placement import input_device
 from kedit.editing.values import optimize_values
 from kedit.errors import EditCancelled
 from kedit.facts import Fact, validate_batch
@@ -257,7 +258,7 @@ def anchor_values(v0: torch.Tensor, delta: torch.Tensor, norm: float) -> tuple[t
 
 
 def _solve_device(model) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 @torch.no_grad()
@@ -269,8 +270,8 @@ def _apply_temporarily(model, deltas: list[Delta]) -> None:
 @torch.no_grad()
 def _bare_block_outputs(model, tok, facts: list[Fact], layer: int) -> torch.Tensor:
     rows = [tokens.plain_row(tok, f.prompt, f.subject) for f in facts]
-    device = next(model.parameters()).device
+    device = input_device(model)
     input_ids, mask = tokens.collate(rows, tokens.pad_id(tok), device)
     h = forward.block_outputs(model, layer, input_ids, mask)  # (E, T, d_model)
-    idx = torch.tensor([r.subject_index for r in rows], device=device)
-    return h[torch.arange(len(rows), device=device), idx].float().cpu()
+    idx = torch.tensor([r.subject_index for r in rows], device=h.device)  # the block's device
+    return h[torch.arange(len(rows), device=h.device), idx].float().cpu()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kedit.editing import arch
+from kedit.editing.placement import input_device
 
 
 def hidden_of(output) -> torch.Tensor:
@@ -100,7 +101,7 @@ def returns_tuple(model: nn.Module) -> bool:
     kinds: list[bool] = []
     block = arch.blocks(model)[0]
     handle = block.register_forward_hook(lambda m, i, o: kinds.append(not isinstance(o, torch.Tensor)))
-    device = next(model.parameters()).device
+    device = input_device(model)
     try:
         with torch.no_grad():
             run_until(model, 0, input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))

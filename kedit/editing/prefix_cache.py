@@ -177,8 +177,8 @@ class Prefill:
         pos = torch.minimum(st[:, None] + j[None], self.length[sel, None] - 1)  # (r, S), padding repeats the last token
         d = self.hidden.shape[-1]
         rows = sel[:, None].expand(r, S)
-        hidden = self.hidden[rows, pos]  # (r, S, d_model)
-        reference = self.last[rows, pos] if self.last is not None else None  # (r, S, d_model)
+        hidden = _take(self.hidden, rows, pos)  # (r, S, d_model) on block `layer`'s device
+        reference = _take(self.last, rows, pos) if self.last is not None else None  # (r, S, d_model)
         ids = self.input_ids[rows, pos]  # (r, S)
         assert hidden.shape == (r, S, d), f"hidden {tuple(hidden.shape)} != ({r}, {S}, {d})"
         if P == 0:
@@ -191,5 +191,11 @@ class Prefill:
         mask = torch.zeros(allow.shape, dtype=dtype, device=sel.device).masked_fill(~allow, torch.finfo(dtype).min)
         cache = _new_cache(self.model)
         for i, (k, v) in enumerate(self.kv):
-            cache.update(k[sel, :, :P], v[sel, :, :P], self.layer + 1 + i)
+            at = sel.to(k.device)  # each layer's keys and values stay on that layer's device
+            cache.update(k[at, :, :P], v[at, :, :P], self.layer + 1 + i)
         return StepInputs(hidden, ids, mask, st[:, None] + j[None], cache, st, valid, reference)
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``t[rows, pos]`` on ``t``'s device (a model spread over devices keeps it elsewhere)."""
+    return t[rows.to(t.device), pos.to(t.device)]

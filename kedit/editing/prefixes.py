@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from kedit.editing.placement import input_device
+
 STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
@@ -21,7 +23,7 @@ def sample_prefixes(model, tok, n: int, length: int, seed: int, top_k: int = 5) 
     if n == 0:
         return ()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    device = next(model.parameters()).device
+    device = input_device(model)
     out = []
     for i in range(n):
         seq = list(tok(STARTS[i % len(STARTS)]).input_ids)

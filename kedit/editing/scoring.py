@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from kedit.editing import arch, tokens
+from kedit.editing.placement import input_device
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class TargetScore:
 @torch.no_grad()
 def score_targets(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32) -> list[TargetScore]:
     assert len(prompts) == len(targets), f"{len(prompts)} prompts vs {len(targets)} targets"
-    device = next(model.parameters()).device
+    device = input_device(model)
     body = arch.base_model(model)
     rows = []
     for p, t in zip(prompts, targets):
@@ -40,10 +41,10 @@ def score_targets(model, tok, prompts: list[str], targets: list[str], batch_size
         part = [rows[i] for i in idx]
         input_ids, mask = tokens.collate(part, tokens.pad_id(tok), device)
         last = body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, D)
-        br = torch.tensor([j for j, r in enumerate(part) for _ in r.target_positions], device=device)
-        bp = torch.tensor([p for r in part for p in r.target_positions], device=device)
-        tt = torch.tensor([t for r in part for t in r.target_ids], device=device)
-        logp = arch.logits(model, last[br, bp]).float().log_softmax(-1)  # (P, V)
+        br = torch.tensor([j for j, r in enumerate(part) for _ in r.target_positions], device=last.device)
+        bp = torch.tensor([p for r in part for p in r.target_positions], device=last.device)
+        logp = arch.logits(model, last[br, bp]).float().log_softmax(-1)  # (P, V) on the LM head's device
+        tt = torch.tensor([t for r in part for t in r.target_ids], device=logp.device)
         tok_lp = logp.gather(1, tt[:, None])[:, 0]  # (P,)
         pred = logp.argmax(-1)  # (P,)
         hit = pred == tt  # (P,)
@@ -71,7 +72,7 @@ class TokenProb:
 
 @torch.no_grad()
 def top_k_next(model, tok, prompt: str, k: int = 5) -> list[TokenProb]:
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([tokens.ids(tok, prompt)], device=device)
     logits = model(input_ids=ids, use_cache=False).logits[0, -1].float()  # (V,)
     probs, idx = logits.softmax(-1).topk(k)
@@ -81,7 +82,7 @@ def top_k_next(model, tok, prompt: str, k: int = 5) -> list[TokenProb]:
 @torch.no_grad()
 def greedy(model, tok, prompt: str, max_new_tokens: int = 8) -> str:
     """Greedy continuation (stops at EOS or a newline)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([tokens.ids(tok, prompt)], device=device)
     out = model.generate(
         input_ids=ids,

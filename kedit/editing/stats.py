@@ -1,7 +1,9 @@
 """C0 = E[k kᵀ]: the second moment of MLP keys over general text, per layer.
 
 One forward pass over the corpus collects every needed layer with hooks and stops after the
-highest of them. Sums are accumulated in float64; the mean is cached on disk as float32 under a
+highest of them. Memory is bounded by the settings, never by the model's context length
+(``max_position_embeddings``): batches of ``batch_size`` sequences of at most ``seq_len`` tokens
+(``stats_seq_len``), plus one d_in × d_in float64 sum per layer. Sums are accumulated in float64; the mean is cached on disk as float32 under a
 key of (model fingerprint, layer, corpus fingerprint, token count), and the solver always uses
 the float32 mean, so a cached and a fresh C0 are the same numbers.
 """
@@ -16,6 +18,7 @@ import torch
 
 from kedit.editing import arch, forward
 from kedit.editing.corpus import Corpus
+from kedit.editing.placement import input_device
 from kedit.errors import EditCancelled, UsageError
 
 StatsProgress = Callable[[int, int], None]  # (tokens done, tokens wanted)
@@ -56,7 +59,7 @@ def collect_second_moments(
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[int, torch.Tensor]:
     """{layer: C0 (d_in, d_in) float32} over ``n_tokens`` corpus tokens, one pass for all layers."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     chunks = _token_chunks(tok, corpus, n_tokens, seq_len)
     total = sum(len(c) for c in chunks)
     if total == 0:
@@ -68,10 +71,13 @@ def collect_second_moments(
     def make_hook(l: int):
         def hook(mod, inputs, output):
             x = inputs[0]  # (B, T, d_in)
-            m = cur_mask[0]  # (B, T) bool
+            m = cur_mask[0].to(x.device)  # (B, T) bool
             k = x[m].float()  # (N, d_in)
             s = (k.T @ k).double()  # (d_in, d_in)
-            sums[l] = s if sums[l] is None else sums[l] + s
+            if sums[l] is None:
+                sums[l] = s
+            else:
+                sums[l].add_(s)  # in place: one d_in² float64 buffer per layer, not a new one per batch
 
         return hook
 

@@ -31,6 +31,8 @@ from typing import Callable
 import torch
 
 from kedit.editing import arch, forward, prefix_cache, tokens
+from kedit.editing.chat import chat_rewrite_template
+from kedit.editing.placement import input_device
 from kedit.editing.prefixes import templates
 from kedit.errors import EditCancelled
 from kedit.facts import Fact
@@ -55,6 +57,9 @@ class ValueConfig:
     margin: float = 0.0  # log p(target) − log p(best other token) ≥ margin (nats) at every target position
     patience: int = 1  # for this many consecutive steps (ENCORE: 2)
     # 0 (the defaults) is the plain argmax rule, so records written before these existed replay as they were.
+    # Instruct models: also fit each fact's prompt asked as a chat turn, the target following the
+    # assistant's restatement of it (chat.chat_rewrite_template). Off in records made before it.
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ def optimize_values(
     stay bounded; a fact's loss involves only its own rows, so its group changes nothing but the
     kernels' shapes. Every fact is tokenised before any work starts (a bad one fails first)."""
     per_fact = [
-        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in templates(f.prompt, prefixes)],
+        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in rewrite_templates(tok, f, prefixes, cfg.chat)],
          tokens.plain_row(tok, KL_TEMPLATE, f.subject))
         for f in facts
     ]
@@ -122,6 +127,13 @@ def optimize_values(
         nll=sum((r.nll for r in parts), ()),
         converged=sum((r.converged for r in parts), ()),
     )
+
+
+def rewrite_templates(tok, fact: Fact, prefixes: tuple[str, ...], chat: bool) -> list[str]:
+    """The prompts a fact's δ is fitted on: the bare prompt, one per context prefix, and with
+    ``chat`` the prompt as a chat turn (the key stays the subject's last token in each)."""
+    out = templates(fact.prompt, prefixes)
+    return out + [chat_rewrite_template(tok, fact.prompt, fact.subject)] if chat else out
 
 
 def fact_groups(rows_per_fact: list[int], max_rows: int) -> list[list[int]]:
@@ -210,13 +222,15 @@ def _optimize_group(
     should_stop: Callable[[], bool] | None,
     observer: Observer | None = None,
 ) -> ValueResult:
-    device = next(model.parameters()).device
+    device = input_device(model)
     lay = _layout(per_fact, pad, device)
     E = len(lay.packs)
     # once, without gradients: blocks 0..layer everywhere, and what δ cannot reach above it
     pre = prefix_cache.Prefill(model, layer, lay.input_ids, lay.mask, lay.subj, cfg.max_rows, reuse=cfg.reuse_prefix)
-    bare = torch.tensor([p.rows[0] for p in lay.packs], device=device)
-    h_init = pre.hidden[bare, lay.subj[bare]].float()  # (E, d_model)
+    hd = pre.hidden.device  # block `layer`'s device: δ and the losses live there (a spread model's GPUs differ)
+    lay.n_rewrite = lay.n_rewrite.to(hd)
+    bare = torch.tensor([p.rows[0] for p in lay.packs], device=hd)
+    h_init = pre.hidden[bare, lay.subj.to(hd)[bare]].float()  # (E, d_model)
     h_norm = h_init.norm(dim=-1)  # (E,)
     delta = torch.zeros_like(h_init, requires_grad=True)  # (E, d_model)
     opt = torch.optim.Adam([delta], lr=cfg.lr)
@@ -233,11 +247,11 @@ def _optimize_group(
             scores = _score_step(ctx, active, check=step == 0 and pre.reusing)
             if observer is not None:
                 observer(step, delta.detach().clone(), scores.seen)
-            act = torch.tensor(active, device=device)
+            act = torch.tensor(active, device=hd)
             loss = scores.loss[act] + cfg.weight_decay * delta[act].norm(dim=-1) / h_norm[act] ** 2  # (n_active,)
             keep = facts.retire(active, scores, step)
             if keep:
-                loss[torch.tensor(keep, device=device)].sum().backward()
+                loss[torch.tensor(keep, device=hd)].sum().backward()
             if progress is not None:
                 progress(step + 1, cfg.steps, float(loss.detach().mean()), facts.n_done)
             if facts.n_done == E:
@@ -291,13 +305,13 @@ def _score_step(ctx: _Ctx, active: list[int], check: bool) -> _Scores:
 
 def _run_rows(ctx: _Ctx, bucket: list[int], scores: _Scores, check: bool) -> None:
     """One forward pass over the rows ``bucket`` with each fact's δ added; adds their terms to ``scores``."""
-    lay, device = ctx.lay, ctx.delta.device
-    sel = torch.tensor(bucket, device=device)
-    fid = torch.tensor([lay.owner[r] for r in bucket], device=device)  # (r,)
+    lay, hd = ctx.lay, ctx.delta.device
+    sel = torch.tensor(bucket, device=lay.subj.device)
+    fid = torch.tensor([lay.owner[r] for r in bucket], device=hd)  # (r,)
     x = ctx.pre.batch(sel)
-    slot = lay.subj[sel] - x.start  # (r,) where the subject's last token sits in the pass
+    slot = (lay.subj[sel] - x.start).to(hd)  # (r,) where the subject's last token sits in the pass
     h = x.hidden.clone()  # (r, S, d_model)
-    ar = torch.arange(len(bucket), device=device)
+    ar = torch.arange(len(bucket), device=hd)
     h[ar, slot] = h[ar, slot] + ctx.delta[fid].to(h.dtype)
     ctx.inject.hidden = h
     last = ctx.body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
@@ -315,17 +329,18 @@ def _run_rows(ctx: _Ctx, bucket: list[int], scores: _Scores, check: bool) -> Non
 def _target_terms(ctx: _Ctx, bucket, rw: list[int], last, start, fid, scores: _Scores) -> None:
     """Teacher-forced target NLL (mean per token, then mean over the fact's prompts), read only
     at the target positions (the LM head is the costly part), and the stopping rule per prompt."""
-    rows, device = ctx.lay.rows, ctx.delta.device
-    bj = torch.tensor([j for j in rw for _ in rows[bucket[j]].target_positions], device=device)
-    bp = torch.tensor([p - int(start[j]) for j in rw for p in rows[bucket[j]].target_positions], device=device)
-    tt = torch.tensor([t for j in rw for t in rows[bucket[j]].target_ids], device=device)  # (P,)
-    logp = arch.logits(ctx.model, last[bj, bp]).float().log_softmax(-1)  # (P, V)
+    rows, hd = ctx.lay.rows, ctx.delta.device
+    bj = torch.tensor([j for j in rw for _ in rows[bucket[j]].target_positions], device=last.device)
+    bp = torch.tensor([p - int(start[j]) for j in rw for p in rows[bucket[j]].target_positions], device=last.device)
+    logp = arch.logits(ctx.model, last[bj, bp]).float().log_softmax(-1)  # (P, V) on the LM head's device
+    hv = logp.device
+    tt = torch.tensor([t for j in rw for t in rows[bucket[j]].target_ids], device=hv)  # (P,)
     tok_nll = -logp.gather(1, tt[:, None])[:, 0]  # (P,)
-    counts = torch.tensor([len(rows[bucket[j]].target_ids) for j in rw], device=device)  # (n_rw,)
-    row_of_tok = torch.repeat_interleave(torch.arange(len(rw), device=device), counts)  # (P,)
-    row_nll = torch.zeros(len(rw), device=device).index_add(0, row_of_tok, tok_nll) / counts  # (n_rw,)
-    f_rw = fid[torch.tensor(rw, device=device)]
-    contrib = row_nll / ctx.lay.n_rewrite[f_rw]  # mean over the fact's prompts
+    counts = torch.tensor([len(rows[bucket[j]].target_ids) for j in rw], device=hv)  # (n_rw,)
+    row_of_tok = torch.repeat_interleave(torch.arange(len(rw), device=hv), counts)  # (P,)
+    row_nll = torch.zeros(len(rw), device=hv).index_add(0, row_of_tok, tok_nll) / counts  # (n_rw,)
+    f_rw = fid[torch.tensor(rw, device=hd)]
+    contrib = row_nll.to(hd) / ctx.lay.n_rewrite[f_rw]  # mean over the fact's prompts
     scores.loss = scores.loss.index_add(0, f_rw, contrib)
     scores.nll.index_add_(0, f_rw, contrib.detach())
     ok = _stop_rule(logp.detach(), tt, row_of_tok, row_nll.detach(), ctx.cfg)
@@ -364,13 +379,13 @@ def _stop_rule(logp: torch.Tensor, tt: torch.Tensor, row_of_tok: torch.Tensor, r
 
 def _kl_terms(ctx: _Ctx, bucket, kj: list[int], last, slot, fid, scores: _Scores) -> None:
     """kl_factor · KL(p_δ ‖ p_0) of the next token after "{subject} is a", at the subject's last token."""
-    kj_t = torch.tensor(kj, device=ctx.delta.device)
-    kl_logp = arch.logits(ctx.model, last[kj_t, slot[kj_t]]).float().log_softmax(-1)  # (k, V)
+    kj_t = torch.tensor(kj, device=last.device)
+    kl_logp = arch.logits(ctx.model, last[kj_t, slot.to(last.device)[kj_t]]).float().log_softmax(-1)  # (k, V)
     for i, j in enumerate(kj):
         ctx.kl_init.setdefault(bucket[j], kl_logp[i].detach())
     ref = torch.stack([ctx.kl_init[bucket[j]] for j in kj])  # (k, V)
-    kl = (kl_logp.exp() * (kl_logp - ref)).sum(-1)  # (k,)
-    scores.loss = scores.loss.index_add(0, fid[kj_t], ctx.cfg.kl_factor * kl)
+    kl = (kl_logp.exp() * (kl_logp - ref)).sum(-1).to(ctx.delta.device)  # (k,)
+    scores.loss = scores.loss.index_add(0, fid[kj_t.to(ctx.delta.device)], ctx.cfg.kl_factor * kl)
 
 
 class _FactState:
@@ -428,6 +443,7 @@ def _check_reuse(last: torch.Tensor, reference: torch.Tensor, valid: torch.Tenso
     alone gives ~2e-2 in bfloat16 through SmolLM2's 28 upper blocks and ~1e-7 in float64; a wrong
     mask or position is off by tens of percent."""
     tol = 0.1 if reference.element_size() < 4 else 1e-3
+    valid = valid.to(last.device)
     diff = ((last.detach() - reference).float() * valid[..., None]).norm(dim=(1, 2))  # (r,)
     ref = (reference.float() * valid[..., None]).norm(dim=(1, 2)).clamp_min(1e-12)  # (r,)
     worst = float((diff / ref).max())

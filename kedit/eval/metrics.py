@@ -12,6 +12,9 @@ records (ROME's ``summarize``), and report ×100:
 * token level (MEND/EasyEdit): RA, PA = fraction of the new object's tokens that are the argmax
   under teacher forcing on rewrite/paraphrase prompts; LA = fraction of the neighbourhood's
   argmax tokens (along its true object) unchanged from the unedited model.
+* generation (``generation.py``, when answers were generated): GE, GP = share of greedy answers
+  to rewrite/paraphrase prompts that contain the new object; GN = share of neighbourhood answers
+  that contain the true object and not the new one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class Pair:
     nll_true: float  # mean per-token NLL of " " + true object
     acc_new: float = 0.0  # fraction of the new object's tokens that are the teacher-forced argmax
     pred_true: tuple[int, ...] = ()  # argmax token ids along the true object (for LA)
+    gen_new: bool | None = None  # the greedy answer contains the new object (None: not generated)
+    gen_true: bool | None = None  # ... contains the true object
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,14 @@ def new_margin(p: Pair) -> float:
 
 def true_margin(p: Pair) -> float:
     return prob(p.nll_true) - prob(p.nll_new)
+
+
+def says_new(p: Pair) -> bool:
+    return bool(p.gen_new)
+
+
+def keeps_true(p: Pair) -> bool:
+    return bool(p.gen_true) and not p.gen_new
 
 
 def token_accuracy(predicted: Sequence[int], target: Sequence[int]) -> float:
@@ -106,6 +119,9 @@ class Metrics:
     RA: float | None
     PA: float | None
     LA: float | None
+    GE: float | None = None
+    GP: float | None = None
+    GN: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,4 +154,14 @@ def summarize(records: Sequence[RecordScores], baseline: Sequence[RecordScores] 
         RA=_x100(record_rate(records, "rewrite", lambda p: p.acc_new)),
         PA=_x100(record_rate(records, "paraphrase", lambda p: p.acc_new)),
         LA=_x100(la),
+        **_generation(records),
     )
+
+
+def _generation(records: Sequence[RecordScores]) -> dict[str, float | None]:
+    """GE, GP, GN (×100) when every prompt has a generated answer, else None."""
+    if not records or any(p.gen_new is None for r in records for ps in (r.rewrite, r.paraphrase, r.neighborhood) for p in ps):
+        return {"GE": None, "GP": None, "GN": None}
+    return {"GE": _x100(record_rate(records, "rewrite", says_new)),
+            "GP": _x100(record_rate(records, "paraphrase", says_new)),
+            "GN": _x100(record_rate(records, "neighborhood", keeps_true))}

@@ -22,9 +22,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from kedit.editing import arch, tokens
+from kedit.editing.chat import chat_restated, chat_text
 from kedit.editing.delta import apply_deltas
 from kedit.editing.edit import Editor, Progress
 from kedit.editing.scoring import score_targets
+from kedit.eval.generation import Prompting, contains, greedy_answers
 from kedit.eval.metrics import Metrics, Pair, RecordScores, summarize, token_accuracy
 from kedit.eval.records import EvalRecord
 
@@ -56,8 +58,10 @@ def count_prompts(records: Sequence[EvalRecord]) -> int:
 
 def iter_scores(
     model, tok, records: Sequence[EvalRecord], batch_size: int = 64, chunk_prompts: int = 256,
+    prompting: Prompting = Prompting(),
 ) -> Iterator[list[RecordScores]]:
-    """Score records in chunks of about ``chunk_prompts`` pairs; yields each chunk's scores."""
+    """Score records in chunks of about ``chunk_prompts`` pairs; yields each chunk's scores.
+    ``prompting``: chat turns, and greedy answers for the generation figures (``generation.py``)."""
     ids_cache: dict[str, tuple[int, ...]] = {}
 
     def target_ids(t: str) -> tuple[int, ...]:
@@ -72,41 +76,47 @@ def iter_scores(
             n += count_prompts(records[end : end + 1])
             end += 1
         chunk = records[start:end]
-        prompts, targets, where = [], [], []
+        asked, prompts, targets, where = [], [], [], []
         for i, r in enumerate(chunk):
             for part, ps in prompts_of(r).items():
                 true = r.neighborhood_true if part == "neighborhood" else r.target_true
                 for p in ps:
-                    prompts += [p, p]
+                    asked.append(chat_text(tok, p, prompting.system) if prompting.chat else p)
+                    forced = chat_restated(tok, p, prompting.system) if prompting.chat else p
+                    prompts += [forced, forced]
                     targets += [r.target_new, true]
-                    where.append((i, part))
+                    where.append((i, part, true))
         scores = score_targets(model, tok, prompts, targets, batch_size=batch_size)
+        answers = greedy_answers(model, tok, asked, prompting.gen_tokens) if prompting.gen_tokens else None
         parts: list[dict[str, list[Pair]]] = [{k: [] for k in PARTS} for _ in chunk]
-        for j, (i, part) in enumerate(where):
+        for j, (i, part, true) in enumerate(where):
             s_new, s_true = scores[2 * j], scores[2 * j + 1]
             parts[i][part].append(Pair(
                 nll_new=s_new.nll, nll_true=s_true.nll,
                 acc_new=token_accuracy(s_new.predicted, target_ids(chunk[i].target_new)),
                 pred_true=s_true.predicted,
+                gen_new=None if answers is None else contains(answers[j], chunk[i].target_new),
+                gen_true=None if answers is None else contains(answers[j], true),
             ))
         yield [RecordScores(r.case_id, *(tuple(parts[i][k]) for k in PARTS)) for i, r in enumerate(chunk)]
         start = end
 
 
 def score_records(model, tok, records: Sequence[EvalRecord], batch_size: int = 64,
-                  progress: TickFn | None = None, stage: str = "score") -> list[RecordScores]:
+                  progress: TickFn | None = None, stage: str = "score", prompting: Prompting = Prompting()) -> list[RecordScores]:
     """Scores of every record (raises ``KeyboardInterrupt`` through; see ``_collect``)."""
     out: list[RecordScores] = []
-    _collect(model, tok, records, batch_size, progress, stage, out)
+    _collect(model, tok, records, batch_size, progress, stage, out, prompting)
     return out
 
 
-def _collect(model, tok, records, batch_size, progress, stage, out: list[RecordScores]) -> None:
+def _collect(model, tok, records, batch_size, progress, stage, out: list[RecordScores],
+             prompting: Prompting = Prompting()) -> None:
     """Append scores to ``out`` chunk by chunk, so an interrupt keeps the finished chunks."""
     total, done, i = count_prompts(records), 0, 0
     if progress:
         progress(Tick(stage, 0, total))
-    for part in iter_scores(model, tok, records, batch_size):
+    for part in iter_scores(model, tok, records, batch_size, prompting=prompting):
         out.extend(part)
         done += count_prompts(records[i : i + len(part)])
         i += len(part)
@@ -114,14 +124,15 @@ def _collect(model, tok, records, batch_size, progress, stage, out: list[RecordS
             progress(Tick(stage, done, total))
 
 
-def score_until_interrupted(model, tok, records, batch_size, progress, stage, out: list[RecordScores]):
+def score_until_interrupted(model, tok, records, batch_size, progress, stage, out: list[RecordScores],
+                            prompting: Prompting = Prompting()):
     """Append the records' scores to ``out``; Ctrl-C keeps the finished chunks.
 
     Returns (seconds, pairs scored, interrupted).
     """
     start, t, stopped = len(out), time.perf_counter(), False
     try:
-        _collect(model, tok, records, batch_size, progress, stage, out)
+        _collect(model, tok, records, batch_size, progress, stage, out, prompting)
     except KeyboardInterrupt:
         stopped = True
     return time.perf_counter() - t, count_prompts(records[: len(out) - start]), stopped
@@ -203,14 +214,16 @@ def evaluate(
     baseline: Sequence[RecordScores] | None = None,
     score_batch_size: int = 64,
     progress: TickFn | None = None,
+    prompting: Prompting = Prompting(),
     health: bool = False,
 ) -> RunResult:
     """Edit ``records`` in batches of ``batch_size`` and score them; see the module docstring.
 
     ``baseline`` (scores of the same records on the unedited model, in order) is computed first
-    when not given. ``health``: also the held-out NLL and the fluency of greedy generations from
-    the rewrite prompts (``editing.health``), on the unedited model and on each edited state (every
-    batch's in batch mode, averaged; the final one in sequential mode).
+    when not given. ``prompting``: chat turns and generated answers (``generation.py``).
+    ``health``: also the held-out NLL and the fluency of greedy generations from the rewrite
+    prompts (``editing.health``), on the unedited model and on each edited state (every batch's in
+    batch mode, averaged; the final one in sequential mode).
     """
     records = list(records)
     checkup = _Checkup(model, tok, records) if health else None
@@ -219,7 +232,7 @@ def evaluate(
     base: list[RecordScores] = list(baseline) if baseline is not None else []
     if baseline is None:
         score_s, n_scored, interrupted = score_until_interrupted(
-            model, tok, records, score_batch_size, progress, "baseline", base)
+            model, tok, records, score_batch_size, progress, "baseline", base, prompting)
     if len(base) < len(records) and not interrupted:
         raise ValueError(f"{len(base)} baseline scores for {len(records)} records")
 
@@ -262,7 +275,7 @@ def evaluate(
                     batches_done.append(batch)
                 else:
                     t = time.perf_counter()
-                    edited.extend(score_records(model, tok, batch, score_batch_size))
+                    edited.extend(score_records(model, tok, batch, score_batch_size, prompting=prompting))
                     score_s += time.perf_counter() - t
                     n_scored += count_prompts(batch)
                     done.extend(batch)
@@ -277,7 +290,8 @@ def evaluate(
         interrupted = True
     try:
         if sequential and done:
-            dt, n, stopped = score_until_interrupted(model, tok, done, score_batch_size, progress, "score", edited)
+            dt, n, stopped = score_until_interrupted(model, tok, done, score_batch_size, progress, "score", edited,
+                                                     prompting)
             score_s, n_scored, interrupted = score_s + dt, n_scored + n, interrupted or stopped
             if checkup and not interrupted:
                 checkup.measure(done)

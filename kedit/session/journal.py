@@ -22,6 +22,7 @@ from typing import Iterator, Union
 
 from kedit.errors import CorruptJournalError, JournalError
 from kedit.facts import Fact
+from kedit.paths import fsync_dir
 
 FORMAT = 1
 JOURNAL_NAME = "journal.jsonl"
@@ -316,14 +317,6 @@ def truncate_torn_line(path: str | os.PathLike) -> str | None:
 
 def _line(d: dict) -> bytes:
     return (json.dumps(d, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_header(path: Path, header: JournalHeader) -> None:

@@ -32,10 +32,23 @@ MAX_NEW_TOKENS = 8
 @dataclass(frozen=True)
 class QueryResult:
     prompt: str
-    continuation: str  # greedy continuation on the current weights
+    continuation: str  # greedy continuation (with chat: the assistant's answer) on the current weights
     top: list  # list[TokenProb]: next-token top-k on the current weights
     base_continuation: str | None = None  # the same on the base weights, when an active edit touches the prompt
     base_top: list | None = None
+    chat: bool = False  # asked as a chat turn through the tokenizer's chat template
+    system: str | None = None  # the system prompt of that chat turn
+
+
+def answer(model, tok, prompt: str, top_k: int = 5, chat: bool = False, system: str | None = None) -> QueryResult:
+    """What ``model`` says to ``prompt``: a greedy continuation and the top next tokens; with
+    ``chat`` the prompt is a user turn (after ``system``) and the answer is the assistant's."""
+    from kedit.editing import greedy, top_k_next
+    from kedit.editing.chat import CHAT_NEW_TOKENS, chat_text
+
+    text = chat_text(tok, prompt, system) if chat else prompt
+    cont = greedy(model, tok, text, CHAT_NEW_TOKENS if chat else MAX_NEW_TOKENS)
+    return QueryResult(prompt, cont, top_k_next(model, tok, text, top_k), chat=chat, system=system)
 
 
 class Session:
@@ -419,23 +432,20 @@ class Session:
         p = prompt.lower()
         return [c for c in self.active_commits() if any(f.subject.lower() in p for f in c.facts)]
 
-    def query(self, prompt: str, top_k: int = 5) -> QueryResult:
-        """What the model says now; with the base model's answer when an active edit touches the prompt."""
-        from kedit.editing import greedy, top_k_next
-
+    def query(self, prompt: str, top_k: int = 5, chat: bool = False, system: str | None = None) -> QueryResult:
+        """What the model says now; with the base model's answer when an active edit touches the
+        prompt. With ``chat`` the prompt is asked as a chat turn (``answer``)."""
         if not prompt.strip():
             raise UsageError("empty prompt")
         with self._lock:
             qcopy = self._query_copy()
             model, tok = (qcopy.model, qcopy.tokenizer) if qcopy is not None else (self.lm.model, self.lm.tokenizer)
-            cont = greedy(model, tok, prompt, MAX_NEW_TOKENS)
-            top = top_k_next(model, tok, prompt, top_k)
+            now = answer(model, tok, prompt, top_k, chat, system)
             if not self.touched_by(prompt):
-                return QueryResult(prompt, cont, top)
+                return now
             with qcopy.base() if qcopy is not None else self._weights.base():
-                base_cont = greedy(model, tok, prompt, MAX_NEW_TOKENS)
-                base_top = top_k_next(model, tok, prompt, top_k)
-            return QueryResult(prompt, cont, top, base_cont, base_top)
+                before = answer(model, tok, prompt, top_k, chat, system)
+            return dataclasses.replace(now, base_continuation=before.continuation, base_top=before.top)
 
     def _query_copy(self):
         """The quantised copy that answers queries (``query_quant`` int8/nf4), built on first use."""

@@ -67,6 +67,7 @@ class KeditApp(App):
         Binding("escape", "cancel_commit", "Cancel commit", id="cancel", priority=True),
         Binding("ctrl+z", "undo", "Undo", id="undo", priority=True),
         Binding("ctrl+o", "load_facts", "Load facts", id="load"),
+        Binding("ctrl+t", "toggle_chat", "Chat", id="chat"),
         Binding("f1", "help", "Help", id="help"),
         Binding("f2", "focus_pane('queue')", "Queue", id="focus.queue", show=False),
         Binding("f3", "focus_pane('query')", "Query", id="focus.query", show=False),
@@ -269,13 +270,27 @@ class KeditApp(App):
         worker = get_current_worker()
         t = time.perf_counter()
         try:
-            result = self.session.query(prompt, top_k=5)
+            result = self.session.query(prompt, top_k=5, chat=self.query_pane.chat)
         except BaseException as exc:  # noqa: BLE001
             if not worker.is_cancelled:
                 self.post_message(WorkFailed("query", exc))
             return
         if not worker.is_cancelled:
             self.post_message(QueryAnswered(seq, result, time.perf_counter() - t))
+
+    def action_toggle_chat(self) -> None:
+        """Ask the query pane's prompts as chat turns (the model's chat template), or as plain text."""
+        on = not self.query_pane.chat
+        if on and self.session is not None:
+            from kedit.editing.chat import has_chat_template
+
+            if not has_chat_template(self.session.lm.tokenizer):
+                self.notify("this model has no chat template: prompts stay plain text", severity="warning")
+                return
+        self.query_pane.set_chat(on)
+        self.notify("chat mode: prompts are chat turns" if on else "plain prompts", timeout=3)
+        if self.last_prompt and self.session is not None:
+            self.run_query(self.last_prompt)
 
     def on_query_answered(self, message: QueryAnswered) -> None:
         if message.seq != self.query_seq:

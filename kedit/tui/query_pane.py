@@ -1,8 +1,9 @@
 """The live query pane: a prompt, the model's greedy continuation and its top-k next tokens.
 
 When an active edit touched the prompt the session also returns the base model's answer, and the
-pane shows it next to the current one (before → after). The query itself runs in the app's
-``query`` worker group; this pane only asks and renders.
+pane shows it next to the current one (before → after). In chat mode (the app's Ctrl+T) the prompt
+is asked as a chat turn through the model's chat template and the answer is the assistant's. The
+query itself runs in the app's ``query`` worker group; this pane only asks and renders.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ def answer_text(result) -> Text:
     """The greedy continuation; when an edit touched the prompt, the base model's beside it."""
     out = Text()
     base = getattr(result, "base_continuation", None)
+    lead = "" if getattr(result, "chat", False) else "…"  # a chat answer stands alone
     if base is None:
-        out.append("answer ", style="bold")
-        out.append("…" + result.continuation.rstrip(), style="bold")
+        out.append("assistant " if lead == "" else "answer ", style="bold")
+        out.append(lead + result.continuation.rstrip(), style="bold")
         return out
     out.append("now    ", style="bold")
-    out.append("…" + result.continuation.rstrip(), style="bold green")
+    out.append(lead + result.continuation.rstrip(), style="bold green")
     out.append("\nbefore ", style="bold")
-    out.append("…" + base.rstrip(), style="yellow")
+    out.append(lead + base.rstrip(), style="yellow")
     if base == result.continuation:
         out.append("  (unchanged)", style="dim")
     return out
@@ -78,6 +80,13 @@ class QueryPane(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.result = None  # the QueryResult on screen
+        self.chat = False  # prompts are asked as chat turns
+
+    def set_chat(self, on: bool) -> None:
+        self.chat = on
+        self.border_title = "Query · chat" if on else self.BORDER_TITLE
+        self.query_one("#query-input", Input).placeholder = (
+            "message to the assistant, then Enter" if on else "prompt to ask the model, then Enter")
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="prompt to ask the model, then Enter", id="query-input", compact=True)

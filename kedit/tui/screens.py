@@ -33,6 +33,7 @@ under the form as you type.
 | Esc | cancel a running commit (no weight changes) · leave a form being edited |
 | Ctrl+Z | undo the last commit (asks first) |
 | Ctrl+O | load facts from a file (jsonl / csv) |
+| Ctrl+T | chat mode: ask the query as a chat turn (instruct models) |
 | Ctrl+P | command palette: export, method, layers, open session, clear queue… |
 | F2 / F3 / F4 | focus queue form / query / edit log |
 | Tab / Shift+Tab | next / previous field |
@@ -43,7 +44,9 @@ under the form as you type.
 
 **Query** — type a prompt in the query pane and press Enter: the greedy continuation and the
 top next tokens. For a prompt an edit touched, the base model's answer shows beside the
-current one. After each commit and undo the last prompt is asked again.
+current one. After each commit and undo the last prompt is asked again. **Ctrl+T** switches to
+chat mode: the prompt goes through the model's chat template as a user turn, and the pane shows
+the assistant's answer and its first tokens, before and after the edits.
 """
 
 
