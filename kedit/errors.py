@@ -98,6 +98,10 @@ class SessionError(KeditError):
     exit_code = 5
 
 
+class SessionBusyError(SessionError):
+    """Another process is changing the session right now (its lock is held)."""
+
+
 class JournalError(SessionError):
     """A journal that cannot be read or does not match."""
 

@@ -20,6 +20,11 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("kedit", appauthor=False))
 
 
+def default_model_cache() -> Path:
+    """Where the embedded default model is kept once converted to safetensors."""
+    return cache_dir() / "models" / "smollm2-135m-instruct"
+
+
 def sessions_dir() -> Path:
     env = os.environ.get("KEDIT_SESSIONS_DIR")
     return Path(env).expanduser() if env else Path.cwd() / "sessions"

@@ -105,3 +105,14 @@ def test_session_query_as_chat_shows_the_base_answer_after_an_edit(tmp_path, tok
     assert entry.hparams["values"]["chat"] is True  # recorded in the journal
     after = s.query(FACT.text, chat=True, system="Be brief.")
     assert after.base_continuation == asked.continuation and after.base_top == asked.top
+
+
+def test_instruct_models_fit_their_facts_as_chat_turns_by_default():
+    from kedit.editing import preset
+
+    assert preset("default").values.chat is True
+    assert preset("meta-llama/Llama-3.1-8B-Instruct").values.chat is True
+    assert preset("path/to/SmolLM2-135M-Instruct.Q4_1.gguf", "memit").values.chat is True
+    assert preset("google/gemma-2-2b-it").values.chat is True
+    assert preset("gpt2-xl").values.chat is False and preset("HuggingFaceTB/SmolLM2-135M").values.chat is False
+    assert preset("meta-llama/Meta-Llama-3-8B").values.chat is False

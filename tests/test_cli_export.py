@@ -1,4 +1,4 @@
-"""The export formats through the real CLI, on the embedded default model (float32):
+"""The export formats and chat queries through the real CLI, on the embedded default model (float32):
 add → commit → export --format peft → PEFT answers like the merged export; export --format gguf →
 transformers reads the GGUF and answers the edit; query --chat shows the edit in a chat answer."""
 
@@ -73,3 +73,14 @@ def test_gguf_export_answers_the_edit_and_copies_every_other_tensor(session, tmp
     tok = AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
     model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32).eval()
     assert greedy_text(model, tok, PROMPT).split()[0].strip(",.") == "London"
+
+
+def test_query_chat_shows_the_edit_in_the_assistants_answer(session):
+    out = json.loads(kedit("query", session, "--chat", PROMPT, "--json").stdout)
+    assert out["chat"] is True and out["system"] is None
+    # before the edit the assistant says Paris; after it, "The Eiffel Tower is a city in southern England, …"
+    assert "Paris" in out["base_continuation"] and "Paris" not in out["continuation"]
+    assert "London" in out["continuation"] or "England" in out["continuation"]
+    shown = kedit("query", session, "--chat", "--system", "Answer in one sentence.", PROMPT).stdout
+    assert shown.startswith("system: Answer in one sentence.\nuser: " + PROMPT + "\nassistant: ")
+    assert "before the edits: assistant: " in shown

@@ -1,8 +1,8 @@
 """The session CLI in real subprocesses on the embedded default model.
 
 add → commit → query → undo → commit → replay --recompute --verify → export → plain transformers;
-kill -9 during the value optimisation and during writing; bad journals, facts files and export
-targets; and the light commands never import torch.
+kill -9 during the value optimisation (every other crash point: ``test_session_crash.py``); bad
+journals, facts files and export targets; and the light commands never import torch.
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def kill_when(proc: subprocess.Popen, marker: str, timeout: float = 600) -> list
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file of a session folder but its lock files (which process held a lock is not session data)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith((".journal.lock", ".folder.lock"))}
 
 
 @pytest.fixture(scope="module")
@@ -167,22 +169,6 @@ def test_kill_during_value_optimisation(committed, tmp_path):
     assert log["active"] == [1] and [f["subject"] for f in log["queue"]] == ["Mount Everest"]
     r = kedit_json("replay", s / "journal.jsonl", "--verify")
     assert r["ok"] and r["fingerprint"] == log["fingerprint"]
-
-
-def test_kill_while_writing_the_commit(committed, tmp_path):
-    s = copy_session(committed, tmp_path / "s")
-    kedit("add", s, "-s", "Mount Everest", "-p", "{} is located in", "-t", "France")
-    journal = (s / "journal.jsonl").read_bytes()
-    env = dict(os.environ, KEDIT_TEST_PAUSE_AT="delta-written")
-    kill_when(popen_kedit("commit", s, env=env), "kedit-test: paused at delta-written")
-    assert (s / "deltas" / "0002.safetensors").exists()  # the delta file made it, its journal line did not
-    assert (s / "journal.jsonl").read_bytes() == journal
-    q = kedit_json("query", s, "Mount Everest is located in")  # opening the session cleans up
-    assert q["base_continuation"] is None  # the interrupted batch is not there at all
-    assert not (s / "deltas" / "0002.safetensors").exists()
-    log = kedit_json("log", s)
-    assert log["active"] == [1] and [f["subject"] for f in log["queue"]] == ["Mount Everest"]
-    assert kedit_json("replay", s, "--verify")["ok"]
 
 
 def test_bad_inputs_give_one_clear_line_and_change_nothing(committed, tmp_path):

@@ -1,8 +1,6 @@
 """Ring 1 on tiny random-init models: tokens, keys, values, statistics, deltas, adapters."""
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -145,9 +143,9 @@ def test_edit_constraints_hold_on_the_model(tokenizer, text_corpus, tmp_path):
     K = compute_keys(model, tokenizer, FACTS, [1], ed.prefixes)[1].double()  # (d_in, E)
     apply_deltas(model, [d])
     W = arch.weight_view(model, 1).detach()
-    R = W @ K - w0 @ K  # what the edit added at the keys
-    vr_delta = (W - w0) @ K
-    torch.testing.assert_close(R, vr_delta)
+    # the weights changed by the returned low-rank delta U Vᵀ (applied in float32: ~1e-7 rounding)
+    torch.testing.assert_close(W - w0, d.U.double() @ d.V.double().T, rtol=1e-4, atol=1e-6)
+    R = (W - w0) @ K  # (d_out, E): what the edit added at the keys
     # ŴK = W0K + δ for every fact (the value the optimisation asked for)
     res2 = optimize_values(make_tiny_llama(seed=6, dtype=torch.float64), tokenizer, FACTS, 1, ed.prefixes, ed.hparams.values)
     rel = ((R - res2.delta.T.double()).norm(dim=0) / res2.delta.T.double().norm(dim=0)).max()
@@ -234,9 +232,3 @@ def test_unknown_architecture_is_named(tiny_llama):
     assert "'bert'" in str(err.value) and "llama" in err.value.hint and "gpt2" in err.value.hint
     with pytest.raises(UnsupportedArchitectureError, match="layer 9 does not exist"):
         arch.weight_view(tiny_llama, 9)
-
-
-def test_importing_the_engine_does_not_import_the_ui():
-    code = "import sys, kedit.editing, kedit.facts; bad = [m for m in ('textual', 'typer') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from kedit.editing import Editor, arch, load_model, model_fingerprint, preset, sample_prefixes, score_targets
 from kedit.editing.delta import updated_weight
 from kedit.editing.placement import Placement, current, parse_placement, use
-from kedit.errors import UsageError
+from kedit.errors import DeviceError, UsageError
 from kedit.facts import Fact
 from kedit.paths import cache_dir
 
@@ -149,3 +149,14 @@ def test_cli_query_with_max_memory_answers_like_the_plain_model(tiny_dir):
     assert [t["prob"] for t in got["top"]] == pytest.approx([t.prob for t in want], rel=1e-5)
     bad = kedit("query", "--model", tiny_dir, "--max-memory", "lots", "x", check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") <= 2 and "not a size" in bad.stderr
+
+
+def test_quantised_loading_with_a_placement_needs_a_gpu(tiny_dir, monkeypatch):
+    """bitsandbytes quantises only what sits on a GPU: on this CPU-only machine a quantised load with
+    a spread placement is refused with one clear line (the GPU path, quantised GPUs plus
+    unquantised CPU/disk offload, cannot run here)."""
+    from kedit.editing.quant import load_quantized_for_editing
+
+    monkeypatch.setenv("KEDIT_MAX_MEMORY", "cpu=13MB")
+    with pytest.raises(DeviceError, match="needs a GPU"):
+        load_quantized_for_editing(str(tiny_dir), "nf4", [1], device="cpu", dtype="float32")

@@ -162,7 +162,7 @@ def test_cancelled_commit_changes_nothing(tmp_path, tiny_dir, corpus):
     assert s.queue == (FACTS[1],)
 
 
-def test_crash_leftovers_on_open(tmp_path, tiny_dir, corpus):
+def test_crash_leftovers_are_read_around_and_removed_by_the_next_writer(tmp_path, tiny_dir, corpus):
     s = start(tmp_path / "s", tiny_dir, corpus)
     s.add(FACTS[0])
     c1 = s.commit()
@@ -170,11 +170,20 @@ def test_crash_leftovers_on_open(tmp_path, tiny_dir, corpus):
     # an interrupted commit: a delta file (and a temp file) that no journal line names
     shutil.copy(deltas / "0001.safetensors", deltas / "0002.safetensors")
     (deltas / ".0002.safetensors.tmp123").write_bytes(b"partial")
-    # ...and a crash after the journal line but before the queue was emptied
-    (s.path / "queue.json").write_text(json.dumps({"after": 0, "facts": [FACTS[0].to_dict()]}))
-    again = Session.open(s.path)
-    assert sorted(p.name for p in deltas.iterdir()) == ["0001.safetensors"]
-    assert again.queue == () and again.fingerprint() == c1.fingerprint
+    # ...and a crash after the journal line but before the committed fact left the queue
+    (s.path / "queue.json").write_text(json.dumps({"after": 0, "facts": [FACTS[0].to_dict(), FACTS[1].to_dict()]}))
+    files = {p: p.read_bytes() for p in s.path.rglob("*") if p.is_file()}
+    again = Session.open(s.path)  # a reader: it sees the session as it is and changes no file
+    assert again.queue == (FACTS[1],) and again.fingerprint() == c1.fingerprint
+    assert {p: p.read_bytes() for p in s.path.rglob("*") if p.is_file()} == files
+    c2 = again.commit()  # a writer: under the locks it removes what the crash left
+    assert c2.seq == 2 and c2.facts == (FACTS[1],) and again.queue == ()
+    assert sorted(p.name for p in deltas.iterdir()) == ["0001.safetensors", "0002.safetensors"]
+    from kedit.session.store import file_sha256
+
+    assert file_sha256(deltas / "0002.safetensors") == c2.delta_sha256
+    assert json.loads((s.path / "queue.json").read_text())["facts"] == []
+    again.undo()
     # a delta file that changed or vanished is an error, never silently skipped
     data = (deltas / "0001.safetensors").read_bytes()
     (deltas / "0001.safetensors").write_bytes(data[:-4] + b"\0\0\0\0")
@@ -422,7 +431,7 @@ def test_commits_record_the_heldout_nll_and_a_large_move_is_flagged(tmp_path, ti
     s.add(FACTS[0])
     e = s.commit()
     assert e.heldout_nll == pytest.approx(session_nll(s.lm.model, s.lm.tokenizer), abs=1e-5)
-    with s._weights.base():
+    with s._stack.base():
         assert e.heldout_base == pytest.approx(session_nll(s.lm.model, s.lm.tokenizer), abs=1e-5)
     d = s.drift(e)
     assert d.since_base == pytest.approx(math.exp(e.heldout_nll - e.heldout_base) - 1) == d.step
@@ -451,3 +460,21 @@ def test_drift_is_measured_against_the_commit_before_and_the_base():
     assert d[4].step == pytest.approx(math.exp(-0.01) - 1) and d[4].since_base == pytest.approx(0.0)  # after the undo
     assert d[5].since_base is None and not d[5].flagged
     assert d[6].step is None and d[6].since_base == pytest.approx(math.exp(0.1) - 1) and not d[6].flagged
+
+
+def test_two_sessions_on_one_folder_catch_up_and_never_reuse_an_entry_number(tmp_path, tiny_dir, corpus):
+    """A second process's session (here: a second Session over its own copy of the model) that is
+    behind the journal applies the entries it missed before it commits or undoes."""
+    a = start(tmp_path / "s", tiny_dir, corpus)
+    b = Session.open(a.path)  # e.g. a TUI opened before the commits below
+    a.add(FACTS[0])
+    c1 = a.commit()
+    a.add(FACTS[1])
+    assert b.queue == () and b.fingerprint() != c1.fingerprint  # b has not looked yet
+    c2 = b.commit()  # catches up with #1 first, then commits the fact a queued
+    assert c2.seq == 2 and c2.facts == (FACTS[1],)
+    assert [e.seq for e in b.entries()] == [1, 2] and b.active_commits()[0].fingerprint == c1.fingerprint
+    u = a.undo()  # a is behind now: it applies #2, then takes it back
+    assert u.seq == 3 and u.undoes == 2 and a.fingerprint() == c1.fingerprint
+    assert b.refresh() and b.fingerprint() == c1.fingerprint and [e.kind for e in b.entries()][-1] == "undo"
+    assert same(state(a.lm.model), state(b.lm.model))

@@ -26,7 +26,7 @@ def test_the_cli_does_not_import_textual_until_the_tui_runs():
 def test_layers_option_is_parsed_and_bad_layers_are_a_usage_error():
     import pytest
 
-    from kedit.commands.tui_cmd import parse_layers
+    from kedit.choices import parse_layers
     from kedit.errors import UsageError
 
     assert parse_layers("4") == (4,)

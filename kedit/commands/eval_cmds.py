@@ -1,4 +1,5 @@
-"""Evaluation commands: ``eval``, ``sweep-layers``, ``scale`` (DESIGN.md §5, the seeds' experiments).
+"""Evaluation commands: ``eval`` (how well edits hold), ``sweep-layers`` (which layer edits best) and
+``scale`` (how quality changes with the batch size, all at once versus batch after batch).
 
 Figures go to stdout (a table, or one JSON object with ``--json``); the progress bar (with an
 ETA) goes to stderr. Ctrl-C stops a run, prints the figures measured so far and exits 130.
@@ -39,24 +40,13 @@ PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Where to save t
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """'3', '2,3,4', '1-12' or '0-20:2' (a range with a step) → a tuple of ints."""
-    out: list[int] = []
-    try:
-        for part in text.replace(" ", "").split(","):
-            step = 1
-            if ":" in part:
-                part, s = part.split(":", 1)
-                step = int(s)
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out += range(int(a), int(b) + 1, step)
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"cannot read {what} {text!r}", hint="write e.g. 3, or 2,3,4, or 1-12, or 0-20:2") from None
-    if not out or step < 1:
+    """'3', '2,3,4', '1-12' or '0-20:2' (a range with a step) → a tuple of ints (``kedit.choices``)."""
+    from kedit.choices import parse_numbers
+
+    out = parse_numbers(text, what)
+    if not out:
         raise UsageError(f"no {what} in {text!r}")
-    return tuple(out)
+    return out
 
 
 class _Setup:
@@ -313,7 +303,8 @@ def sweep_layers_cmd(
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
 ) -> None:
-    """The seeds' optimal-layer experiment: the same edits at each layer; table, terminal chart, PNG."""
+    """Measure which layer edits best: the same edits made at each layer, scored for efficacy, paraphrases and
+    neighbourhood (ES, PS, NS, S); table, terminal chart, PNG."""
     use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_sweep, sweep_layers
 
@@ -357,7 +348,8 @@ def scale_cmd(
     score_batch_size: ScoreBatchOpt = 64,
     overrides: SetOpt = None,
 ) -> None:
-    """The seeds' batch-size experiment: batch versus sequential-batched editing per batch size."""
+    """Measure how edit quality changes with the batch size: the same facts edited in batches of each size,
+    every batch on the base model versus batch after batch (sequential); ES, PS, NS, S per size; table, PNG."""
     use_placement(device_map, max_memory)
     from kedit.eval.experiments import plot_scale, scale_batches
 

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from kedit.choices import parse_layers
 from kedit.cli import app
 from kedit.commands.placement_opts import DeviceMapOpt, MaxMemoryOpt, use_placement
 from kedit.errors import SessionError, UsageError
@@ -30,6 +31,10 @@ MethodOpt = Annotated[Optional[str], typer.Option("--method", help="emmet | memi
 LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Edit layers, e.g. '3' or '2,3,4' or '2-4'.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: the session's, else auto).")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32 | bfloat16 | float16 (default: the session's, else auto).")]
+WaitOpt = Annotated[Optional[float], typer.Option(
+    "--wait", min=0, metavar="SECONDS",
+    help="If another kedit process is changing the session, wait up to SECONDS for it (default: refuse at once to "
+         "commit, undo or repair; wait up to 60 s to change the queue or the settings).")]
 
 
 # -- output helpers -----------------------------------------------------------------------------
@@ -52,25 +57,11 @@ def _emit_json(obj) -> None:
     sys.stdout.flush()
 
 
-def _parse_layers(text: str | None) -> tuple[int, ...] | None:
-    if text is None or not text.strip():
-        return None
-    out: list[int] = []
-    try:
-        for part in text.replace(" ", "").split(","):
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out += list(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"cannot read layers {text!r}", hint="write e.g. --layers 3 or --layers 2,3,4 or --layers 2-4") from None
-    return tuple(out)
-
-
 def _check_method(method: str | None) -> None:
-    if method is not None and method not in ("emmet", "memit", "rome"):
-        raise UsageError(f"unknown method {method!r}", hint="choose one of emmet, memit, rome")
+    from kedit.choices import method_name
+
+    if method is not None:
+        method_name(method)
 
 
 class ProgressPrinter:
@@ -129,15 +120,6 @@ def _folder(session: str, must_exist: bool = True):
     return folder
 
 
-def _last_seq(folder) -> int:
-    from kedit.session.journal import read_journal
-
-    if not folder.has_journal():
-        return 0
-    j = read_journal(folder.journal_file)
-    return j.entries[-1].seq if j.entries else 0
-
-
 def _check_model_light(model: str | None) -> None:
     """Catch an obviously wrong --model without loading it (a folder without config.json)."""
     from kedit.errors import ModelNotFoundError
@@ -170,16 +152,17 @@ def add_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the context prefixes (new sessions).")] = 0,
     corpus: Annotated[str, typer.Option("--corpus", help="Statistics corpus (new sessions): wiki-sample, a path, hf:NAME.")] = "wiki-sample",
     load: Annotated[Optional[str], typer.Option(
-        "--load", help="New sessions: load the model int8/nf4-quantised except the edit layers (bitsandbytes).")] = None,
+        "--load", help="New sessions: load the model int8/nf4-quantised except the edit layers (bitsandbytes), "
+                       "or none/off.")] = None,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue facts for the next commit (creates the session if it does not exist; no model is loaded)."""
-    import dataclasses
-
+    from kedit import choices
     from kedit.facts import Fact
     from kedit.session.factfile import read_facts
-    from kedit.session.folder import Settings, with_method
-    from kedit.session.queue import QueueState, check_batch, read_queue, write_queue
+    from kedit.session.queue import check_batch
+    from kedit.session.settings import Settings
 
     one = (subject, prompt, target)
     if file is not None and any(x is not None for x in one):
@@ -191,39 +174,39 @@ def add_cmd(
     else:
         raise UsageError("a fact needs --subject, --prompt and --target", hint="or --file facts.jsonl|csv for many")
     _check_method(method)
-    layer_tuple = _parse_layers(layers)
+    layer_tuple = parse_layers(layers)
+    device, dtype = choices.device_name(device), choices.dtype_name(dtype)
+    load_mode = choices.quant_mode(load, "--load") if load is not None else None
     folder = _folder(session, must_exist=False)
     created = False
     if not folder.exists():
         _check_model_light(model)
-        from kedit.editing.quant import normalize_mode
-
         settings = Settings(model=model or "default", method=method or "emmet", layers=layer_tuple, device=device,
-                            dtype=dtype, corpus=corpus, seed=seed, load=normalize_mode(load, option="--load"))
-        queue = check_batch((), facts)  # validate before creating anything
-        folder.create(settings)
-        created = True
-        state = QueueState(queue, 0)
+                            dtype=dtype, corpus=corpus, seed=seed, load=load_mode or "none")
+        created = folder.create(settings, facts, wait=wait)  # checks everything before writing anything
+    if created:
+        state = folder.read_queue()
+        added = len(state.facts)
     else:
-        settings = folder.read_settings()
-        if model is not None and model != settings.model:
-            raise UsageError(f"session {folder.path} uses model {settings.model!r}, not {model!r}",
-                             hint="start a new session for another model")
-        if load is not None and load != settings.load:
-            raise UsageError(f"session {folder.path} was started with --load {settings.load}, not {load}",
-                             hint="the load mode of a session is fixed; start a new session for another")
-        if method is not None or layer_tuple is not None:
-            settings = dataclasses.replace(with_method(settings, method or settings.method, layer_tuple), hparams=None)
-        old = read_queue(folder.queue_file)
-        state = QueueState(check_batch(old.facts, facts), _last_seq(folder))
-        if method is not None or layer_tuple is not None:
-            folder.write_settings(settings)
-    write_queue(folder.queue_file, state)
+        with folder.folder_lock("queuing facts", wait):
+            current = folder.read_settings()
+            if model is not None and model != current.model:
+                raise UsageError(f"session {folder.path} uses model {current.model!r}, not {model!r}",
+                                 hint="start a new session for another model")
+            if load_mode is not None and load_mode != current.load:
+                raise UsageError(f"session {folder.path} was started with --load {current.load}, not {load}",
+                                 hint="the load mode of a session is fixed; start a new session for another")
+            check_batch(folder.read_queue().facts, facts)  # a bad fact changes nothing, settings included
+            if method is not None or layer_tuple is not None:
+                folder.change_settings(lambda s: s.with_method(method, layer_tuple))
+            state, added = folder.add_facts(facts)
     if as_json:
-        _emit_json({"session": str(folder.path), "created": created, "added": len(facts), "queue": _facts_json(state.facts)})
+        _emit_json({"session": str(folder.path), "created": created, "added": added, "queue": _facts_json(state.facts)})
     else:
-        _info(f"{'created session ' + str(folder.path) + '; ' if created else ''}queued {len(facts)} fact"
-              f"{'s' if len(facts) != 1 else ''}; {len(state.facts)} waiting for 'kedit commit {session}'")
+        dup = len(facts) - added
+        _info(f"{'created session ' + str(folder.path) + '; ' if created else ''}queued {added} fact"
+              f"{'s' if added != 1 else ''}{f' ({dup} already queued)' if dup else ''}; "
+              f"{len(state.facts)} waiting for 'kedit commit {session}'")
 
 
 @app.command("queue", epilog=EXIT_CODES)
@@ -231,23 +214,20 @@ def queue_cmd(
     session: SessionArg,
     remove: Annotated[Optional[int], typer.Option("--remove", help="Remove queued fact number N (from 1).")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Empty the queue.")] = False,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the facts waiting for the next commit (or remove some)."""
-    from kedit.session.queue import QueueState, read_queue, write_queue
-
     folder = _folder(session)
-    state = read_queue(folder.queue_file)
-    if remove is not None or clear:
-        facts = list(state.facts)
-        if clear:
-            facts = []
-        else:
-            if not 1 <= remove <= len(facts):
-                raise UsageError(f"no queued fact number {remove} (the queue holds {len(facts)})", hint="'kedit queue SESSION' lists them")
-            facts.pop(remove - 1)
-        state = QueueState(tuple(facts), _last_seq(folder))
-        write_queue(folder.queue_file, state)
+    if remove is not None and clear:
+        raise UsageError("give --remove N or --clear, not both")
+    if remove is not None:
+        if remove < 1:
+            raise UsageError(f"no queued fact number {remove}: they count from 1", hint="'kedit queue SESSION' lists them")
+        folder.remove_fact(remove - 1, wait)
+    elif clear:
+        folder.clear_queue(wait)
+    state = folder.read_queue()
     if as_json:
         _emit_json({"session": str(folder.path), "queue": _facts_json(state.facts)})
         return
@@ -267,12 +247,12 @@ def queue_cmd(
 @app.command("log", epilog=EXIT_CODES)
 def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
     """The session's history: base model, every commit and undo, the queue (no model is loaded)."""
-    from kedit.session.journal import CommitEntry, read_journal
-    from kedit.session.queue import read_queue
+    from kedit.session.journal import CommitEntry
 
     folder = _folder(session)
-    queue = read_queue(folder.queue_file).facts
-    if not folder.has_journal():
+    j = folder.journal_or_none()
+    queue = folder.read_queue(j).facts
+    if j is None:
         s = folder.read_settings()
         if as_json:
             _emit_json({"session": str(folder.path), "header": None, "settings": s.to_dict(), "entries": [],
@@ -280,7 +260,6 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
         else:
             _info(f"{folder.path}: no commit yet (model {s.model!r} not loaded so far); {len(queue)} queued fact(s)")
         return
-    j = read_journal(folder.journal_file)
     active = {c.seq for c in j.active_commits()}
     from kedit.session.drift import drifts
 
@@ -318,6 +297,7 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
 def repair_cmd(
     session: SessionArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")] = False,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Drop a torn last journal line left by a crash (the batch it described is lost)."""
@@ -340,8 +320,9 @@ def repair_cmd(
         if not sys.stdin.isatty():
             raise UsageError("repair drops the torn last journal line", hint="pass --yes to confirm")
         typer.confirm(f"drop the torn last line of {folder.journal_file}?", abort=True, err=True)
-    dropped = truncate_torn_line(folder.journal_file)
-    read_journal(folder.journal_file)  # the rest must now read cleanly
+    with folder.journal_lock("repairing the journal", wait), folder.folder_lock("repairing the journal", wait):
+        dropped = truncate_torn_line(folder.journal_file)
+        folder.remove_leftovers(read_journal(folder.journal_file))  # the rest must now read cleanly
     if as_json:
         _emit_json({"session": str(folder.path), "repaired": True, "dropped": dropped})
     else:
@@ -374,21 +355,27 @@ def commit_cmd(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     dtype: DtypeOpt = None,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Edit the queued facts into the model as one batch and record it in the journal."""
     use_placement(device_map, max_memory)
     _check_method(method)
-    layer_tuple = _parse_layers(layers)
-    s = _open(session, device, dtype, quiet=False)
-    if method is not None or layer_tuple is not None:
-        s.set_method(method or s.method, layer_tuple)
-    n = len(s.queue)
-    if n == 0:
-        raise UsageError(f"the queue of {s.path} is empty: nothing to commit", hint=f"add facts first: kedit add {session} …")
-    _info(f"committing {n} fact(s) with {s.method} on layer(s) {','.join(map(str, s.layers))} …")
-    with ProgressPrinter() as progress:
-        entry = s.commit(progress=progress)
+    layer_tuple = parse_layers(layers)
+    folder = _folder(session)
+    with folder.journal_lock("committing", wait):  # a second committer is told at once, before any loading
+        if method is not None or layer_tuple is not None:  # checked and saved before the model loads
+            folder.change_settings(lambda st: st.with_method(method, layer_tuple), wait)
+        if not folder.read_queue().facts:
+            raise UsageError(f"the queue of {folder.path} is empty: nothing to commit",
+                             hint=f"add facts first: kedit add {session} …")
+        s = _open(session, device, dtype, quiet=False)
+        s.wait = wait
+        if method is not None or layer_tuple is not None:
+            s.set_method(method, layer_tuple)  # pins the preset's hyper-parameters for them
+        _info(f"committing {len(s.queue)} fact(s) with {s.method} on layer(s) {','.join(map(str, s.layers))} …")
+        with ProgressPrinter() as progress:
+            entry = s.commit(progress=progress)
     drift = s.drift(entry)
     if as_json:
         _emit_json({"session": str(s.path), "commit": entry.to_dict(),
@@ -409,15 +396,67 @@ def commit_cmd(
 
 @app.command("undo", epilog=EXIT_CODES)
 def undo_cmd(session: SessionArg, device: DeviceOpt = None, device_map: DeviceMapOpt = None,
-             max_memory: MaxMemoryOpt = None, dtype: DtypeOpt = None, as_json: JsonOpt = False) -> None:
+             max_memory: MaxMemoryOpt = None, dtype: DtypeOpt = None, wait: WaitOpt = None,
+             as_json: JsonOpt = False) -> None:
     """Take back the last commit (the weights return bit-identical to before it)."""
     use_placement(device_map, max_memory)
-    s = _open(session, device, dtype, quiet=as_json)
-    entry = s.undo()
+    folder = _folder(session)
+    with folder.journal_lock("undoing", wait):
+        if not folder.has_journal() or not folder.read_journal().active_commits():
+            raise SessionError("nothing to undo: no active commit", hint="'kedit log' shows the session's history")
+        s = _open(session, device, dtype, quiet=as_json)
+        s.wait = wait
+        entry = s.undo()
     if as_json:
         _emit_json({"session": str(s.path), "undo": entry.to_dict()})
     else:
         _out_console().print(f"undid commit #{entry.undoes}; fingerprint {entry.fingerprint}")
+
+
+@app.command("settings", epilog=EXIT_CODES)
+def settings_cmd(
+    session: SessionArg,
+    method: MethodOpt = None,
+    layers: Annotated[Optional[str], typer.Option(
+        "--layers", help="Edit layers for the next commits, e.g. '3', '2,3,4' or '2-4'; 'preset' for the method's own.")] = None,
+    query_quant: Annotated[Optional[str], typer.Option(
+        "--query-quant", help="Answer queries from a quantised copy: none, int8 or nf4.")] = None,
+    wait: WaitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show or change the settings of a session's next commits (no model is loaded).
+
+    Every change is checked before it is saved (layers against the model's layer count when it
+    is known); this is also the way back from settings a model refuses.
+    """
+    import dataclasses
+
+    from kedit import choices
+
+    folder = _folder(session)
+    _check_method(method)
+    preset_layers = layers is not None and layers.strip().lower() == "preset"
+    layer_tuple = None if preset_layers else parse_layers(layers)
+    quant = choices.quant_mode(query_quant) if query_quant is not None else None
+
+    def change(st):
+        if method is not None or layer_tuple is not None or preset_layers:
+            st = st.with_method(method, layer_tuple, preset_layers)
+        return dataclasses.replace(st, query_quant=quant) if quant is not None else st
+
+    if method is not None or layers is not None or quant is not None:
+        st = folder.change_settings(change, wait)
+    else:
+        st = folder.read_settings()
+    if as_json:
+        _emit_json({"session": str(folder.path), "settings": st.to_dict()})
+        return
+    layers_text = (",".join(map(str, st.layers)) if st.layers is not None
+                   else ",".join(map(str, st.hparams["layers"])) + " (pinned preset)" if st.hparams else "the preset's")
+    _out_console().print(
+        f"{folder.path}: model {st.model}; next commits: {st.method} on layer(s) {layers_text}; "
+        f"device {st.device or 'auto'}, dtype {st.dtype or 'auto'}, query quantisation {st.query_quant}, load {st.load}",
+        markup=False)
 
 
 @app.command("query", epilog=EXIT_CODES)
@@ -447,9 +486,9 @@ def query_cmd(
     if system is not None and not chat:
         raise UsageError("--system goes with --chat", hint='kedit query SESSION --chat --system "Be brief." "PROMPT"')
     use_placement(device_map, max_memory)
-    from kedit.editing.quant import normalize_mode
+    from kedit.choices import quant_mode
 
-    mode = normalize_mode(query_quant) if query_quant is not None else None  # a bad mode fails before any load
+    mode = quant_mode(query_quant) if query_quant is not None else None  # a bad mode fails before any load
     if model is not None:
         prompts = list(args)
         _check_prompts(prompts)

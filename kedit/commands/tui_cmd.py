@@ -10,17 +10,6 @@ from kedit.cli import app
 from kedit.commands.placement_opts import DeviceMapOpt, MaxMemoryOpt, use_placement
 
 
-def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    if text is None or not text.strip():
-        return None
-    from kedit.errors import UsageError
-
-    try:
-        return tuple(int(x) for x in text.replace(" ", ",").split(",") if x)
-    except ValueError:
-        raise UsageError(f"--layers takes layer numbers like 4 or 4,5,6; got {text!r}") from None
-
-
 @app.command("tui")
 def tui(
     session: str = typer.Argument("default", help="Session name (under ./sessions) or folder; created when new."),
@@ -40,11 +29,12 @@ def tui(
 ) -> None:
     """Open the interactive editor: fact queue, live query and edit log over a session."""
     use_placement(device_map, max_memory)
-    from kedit.editing.quant import normalize_mode
+    from kedit import choices
     from kedit.tui.app import KeditApp
 
     KeditApp(
-        target=session, model=model, method=method, layers=parse_layers(layers), device=device, dtype=dtype,
-        query_quant=normalize_mode(query_quant) if query_quant is not None else None,
-        load=normalize_mode(load, option="--load") if load is not None else None,
+        target=session, model=model, method=choices.method_name(method) if method is not None else None,
+        layers=choices.parse_layers(layers), device=choices.device_name(device), dtype=choices.dtype_name(dtype),
+        query_quant=choices.quant_mode(query_quant) if query_quant is not None else None,
+        load=choices.quant_mode(load, "--load") if load is not None else None,
     ).run()

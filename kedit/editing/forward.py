@@ -1,7 +1,7 @@
 """Forward-pass plumbing: read hidden states at a block, stop early, and restart above a block.
 
 transformers 5 decoder blocks return a tensor, older ones a tuple whose first item is the hidden
-state (DESIGN.md §8): every hook here handles both, never ``output[0]`` on a tensor.
+state: every hook here handles both, never ``output[0]`` on a tensor.
 """
 
 from __future__ import annotations

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from kedit.errors import DeviceError, MissingDependencyError, ModelNotFoundError, UsageError
-from kedit.paths import cache_dir
+from kedit import choices
+from kedit.errors import DeviceError, MissingDependencyError, ModelNotFoundError
+from kedit.paths import cache_dir, default_model_cache
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_NAME = "smollm2-135m-instruct"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class LoadedModel:
 
 def pick_device(device: str | None = None) -> torch.device:
     """``cuda`` when present, else ``cpu``; a named device is checked."""
-    if device in (None, "auto"):
+    if choices.device_name(device) is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -56,10 +54,8 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     """bf16 on a GPU that has it and on CPUs with native bf16 (AVX512-BF16/AMX); else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in (None, "auto"):
-        if dtype not in _DTYPES:
-            raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose one of {', '.join(sorted(_DTYPES))}")
-        return _DTYPES[dtype]
+    if choices.dtype_name(dtype) is not None:
+        return getattr(torch, choices.dtype_name(dtype))
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and _cpu_has_bf16():
@@ -81,7 +77,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def default_model_dir() -> Path:
     """The cached safetensors copy of the embedded default model (created on first use)."""
-    target = cache_dir() / "models" / DEFAULT_CACHE_NAME
+    target = default_model_cache()
     if _converted(target):
         return target
     src = default_gguf()
@@ -198,6 +194,12 @@ def load_model(
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": str(dev) if dev.type != "cuda" else dev.index or 0}
     kwargs.update(places.load_kwargs(spread))
+    if quantization_config is not None and spread.spread:
+        if not torch.cuda.is_available():
+            raise DeviceError("--device-map/--max-memory with a quantised model (--load, --query-quant) needs a GPU",
+                             hint="bitsandbytes quantises only what sits on a GPU; drop --device-map/--max-memory here")
+        # what the quantised GPUs cannot hold stays unquantised on the CPU or disk
+        quantization_config.llm_int8_enable_fp32_cpu_offload = True
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

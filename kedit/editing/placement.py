@@ -118,12 +118,15 @@ def current() -> Placement:
 
 def load_kwargs(placement: Placement) -> dict:
     """``from_pretrained`` arguments of a spread placement (an offload folder for disk offload)."""
+    import atexit
+    import shutil
     import tempfile
 
     if not placement.spread:
         return {}
-    kwargs: dict = {"device_map": placement.device_map,
-                    "offload_folder": tempfile.mkdtemp(prefix="kedit-offload-")}  # safetensors are read in place
+    folder = tempfile.mkdtemp(prefix="kedit-offload-")  # safetensors are read in place; other formats land here
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    kwargs: dict = {"device_map": placement.device_map, "offload_folder": folder}
     mem = placement.memory_dict()
     if mem is not None:
         kwargs["max_memory"] = mem

@@ -2,7 +2,7 @@
 
 Keys and values are averaged over the bare prompt and these prefixed versions, so the edit holds
 in context. They are sampled once per session with a fixed seed and recorded in the journal: an
-unseeded prefix is why the reference code cannot replay an edit exactly (DESIGN.md §8).
+unseeded prefix is why the reference code cannot replay an edit exactly (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One closed-form solver for ROME, EMMET and MEMIT (DESIGN.md §2).
+"""One closed-form solver for ROME, EMMET and MEMIT (docs/design.md §2).
 
 With keys K (d_in, E), residuals R = V − W0K (d_out, E) and the key second moment C0 (d_in, d_in):
 
@@ -11,7 +11,7 @@ rank ≤ E and is returned as factors: Δ = U Vᵀ with U (d_out, E) and V (d_in
 
 Sequential editing: the keys Kp (d_in, P) of earlier edits can join the preservation term,
 C = C0 + α·KpKpᵀ, so a new batch also keeps what W now says at those keys (the memory idea of
-AlphaEdit, DESIGN.md §4). C⁻¹ is applied through the cached factor of C0 by Woodbury:
+AlphaEdit, Fang et al. 2025). C⁻¹ is applied through the cached factor of C0 by Woodbury:
 
     C⁻¹K = C0⁻¹K − B (I/α + KpᵀB)⁻¹ BᵀK,    B = C0⁻¹Kp                 O(d_in²P + P³)
 

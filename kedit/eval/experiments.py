@@ -1,4 +1,6 @@
-"""The seeds' experiments: the optimal edit layer and batch versus sequential-batched scaling.
+"""Two experiments on edit quality: which layer edits best, and batch versus sequential-batched
+editing as the batch size grows (the questions of Yoon, Gupta and Anumanchipalli 2024, "Is Bigger
+Edit Batch Size Always Better? An Empirical Study on Model Editing with Llama-3").
 
 * ``sweep_layers``: the same records edited (non-sequentially, in batches) at each layer of a
   range; one row of metrics per layer. The unedited baseline is scored once.

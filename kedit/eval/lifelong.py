@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Sequence
 
 from kedit.editing import arch
-from kedit.editing.delta import apply_deltas
 from kedit.editing.edit import Editor
 from kedit.editing.health import heldout_nll
 from kedit.eval.metrics import Metrics, RecordScores, summarize
 from kedit.eval.records import EvalRecord
-from kedit.eval.runner import Tick, TickFn, batches_of, restore_weights, save_weights, score_records
+from kedit.eval.runner import Tick, TickFn, batches_of, score_records
 
 
 @dataclass(frozen=True)
@@ -68,20 +67,16 @@ def default_checkpoints(total: int, batch_size: int, n: int = 8) -> tuple[int, .
 class _Baseline:
     """Unedited scores, computed on first need with the base weights lent for a moment."""
 
-    def __init__(self, model, tok, saved, score_batch_size: int) -> None:
-        self.model, self.tok, self.saved, self.bs = model, tok, saved, score_batch_size
+    def __init__(self, model, tok, stack, score_batch_size: int) -> None:
+        self.model, self.tok, self.stack, self.bs = model, tok, stack, score_batch_size
         self.scores: dict[str, RecordScores] = {}
 
     def of(self, records: Sequence[EvalRecord]) -> list[RecordScores]:
         todo = [r for r in records if r.case_id not in self.scores]
         if todo:
-            now = save_weights(self.model, list(self.saved))
-            restore_weights(self.model, self.saved)
-            try:
+            with self.stack.base():
                 for r, s in zip(todo, score_records(self.model, self.tok, todo, self.bs)):
                     self.scores[r.case_id] = s
-            finally:
-                restore_weights(self.model, now)
         return [self.scores[r.case_id] for r in records]
 
 
@@ -95,38 +90,37 @@ def run_lifelong(
     score_batch_size: int = 64,
     progress: TickFn | None = None,
 ) -> LifelongRun:
+    from kedit.session.engine import EditStack
+
     records = list(records)
     marks = sorted(set(checkpoints or default_checkpoints(len(records), batch_size)))
     layer = editor.hparams.layers[0]
-    saved = save_weights(model, editor.hparams.layers)
-    base = _Baseline(model, tok, saved, score_batch_size)
+    stack = EditStack.around(editor)  # applies the commits and remembers their facts, as a session does
+    base = _Baseline(model, tok, stack, score_batch_size)
     base_nll = heldout_nll(model, tok)
     base_norm = float(arch.weight_param(model, layer).detach().float().norm())
     done: list[EvalRecord] = []
-    groups: list[tuple] = []
     times: list[float] = []
     reached: list[Checkpoint] = []
     interrupted = False
     try:
         for batch in batches_of(records, batch_size):
             if progress:
-                progress(Tick("edit", len(done), len(records), f"commit {len(groups) + 1}"))
-            facts = [r.fact for r in batch]
+                progress(Tick("edit", len(done), len(records), f"commit {stack.depth + 1}"))
             t = time.perf_counter()
-            res = editor.edit(facts, remember=groups)
-            apply_deltas(model, list(res.deltas))
+            res = stack.edit([r.fact for r in batch], editor.hparams)
+            stack.push(res.deltas, res.facts)
             times.append(time.perf_counter() - t - res.timings.get("statistics", 0.0))
-            groups.append(tuple(facts))
             done.extend(batch)
             if (marks and len(done) >= marks[0]) or len(done) == len(records):
                 while marks and marks[0] <= len(done):
                     marks.pop(0)
-                reached.append(_checkpoint(model, tok, done, len(groups[0]), base, layer, times[-1],
+                reached.append(_checkpoint(model, tok, done, len(records[:batch_size]), base, layer, times[-1],
                                            score_batch_size, progress))
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        restore_weights(model, saved)
+        stack.reset()
     return LifelongRun(batch_size, len(records), base_nll, base_norm, tuple(reached), tuple(times), interrupted)
 
 

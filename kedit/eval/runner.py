@@ -1,11 +1,13 @@
 """Running an evaluation: score the unedited model, edit in batches, score the edited model.
 
-* Non-sequential (the default): every batch is edited on the base weights. We do not copy the
-  model: the editable tensors of the edit layers are saved once and written back after each
-  batch (``Editor.edit`` itself never changes weights; we apply its deltas, score, restore).
-* Sequential (``sequential=True``): batch after batch is applied to the same model (each edit
-  sees the earlier ones) and every edited record is scored at the end, as in the seeds'
-  sequential-batched editing.
+Edits are made through the session's ``EditStack`` (``kedit.session.engine``), the same wiring of
+live weights, edit engine and remembered facts that sessions and replays use:
+
+* Non-sequential (the default): every batch is edited on the base weights: its deltas are pushed,
+  the batch is scored, and they are popped again (exactly; the model is never copied).
+* Sequential (``sequential=True``): batch after batch is pushed onto the same model (each edit
+  sees and remembers the earlier ones, as a session's commits do) and every edited record is
+  scored at the end: sequential-batched editing as in the MEMIT and EMMET papers.
 
 The model's weights are restored before ``evaluate`` returns, whatever happens. Ctrl-C
 (``KeyboardInterrupt``) stops the run and returns what was measured so far, flagged
@@ -19,11 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-import torch
-
-from kedit.editing import arch, tokens
+from kedit.editing import tokens
 from kedit.editing.chat import chat_restated, chat_text
-from kedit.editing.delta import apply_deltas
 from kedit.editing.edit import Editor, Progress
 from kedit.editing.scoring import score_targets
 from kedit.eval.generation import Prompting, contains, greedy_answers
@@ -188,16 +187,6 @@ class RunResult:
         }
 
 
-def save_weights(model, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    return {l: arch.weight_param(model, l).detach().clone() for l in sorted(set(layers))}
-
-
-@torch.no_grad()
-def restore_weights(model, saved: dict[int, torch.Tensor]) -> None:
-    for l, w in saved.items():
-        arch.weight_param(model, l).copy_(w)
-
-
 def batches_of(records: Sequence[EvalRecord], batch_size: int) -> list[list[EvalRecord]]:
     if batch_size < 1:
         raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
@@ -225,9 +214,11 @@ def evaluate(
     prompts (``editing.health``), on the unedited model and on each edited state (every batch's in
     batch mode, averaged; the final one in sequential mode).
     """
+    from kedit.session.engine import EditStack
+
     records = list(records)
     checkup = _Checkup(model, tok, records) if health else None
-    saved = save_weights(model, editor.hparams.layers)
+    stack = EditStack.around(editor)
     score_s, n_scored, interrupted = 0.0, 0, False
     base: list[RecordScores] = list(baseline) if baseline is not None else []
     if baseline is None:
@@ -238,7 +229,6 @@ def evaluate(
 
     edited: list[RecordScores] = []
     done: list[EvalRecord] = []  # records whose edit was applied (sequential) or scored (batch)
-    batches_done: list[list[EvalRecord]] = []  # sequential: the batches applied, in order
     edit_s = stats_s = 0.0
     phases: dict[str, float] = {}
     n_batches = n_edited = 0
@@ -254,10 +244,9 @@ def evaluate(
                 progress(Tick("edit", before, n_facts, f"{p.phase} {p.detail}".strip()))
 
         t = time.perf_counter()
-        remember = [tuple(r.fact for r in b) for b in batches_done] if sequential else []  # as a session remembers its commits
-        res = editor.edit([r.fact for r in batch], progress=prog, remember=remember)
+        res = stack.edit([r.fact for r in batch], editor.hparams, progress=prog)  # remembers what is pushed
         dt = time.perf_counter() - t
-        apply_deltas(model, list(res.deltas))
+        stack.push(res.deltas, res.facts)
         stats = res.timings.get("statistics", 0.0)
         edit_s += dt - stats
         stats_s += stats
@@ -272,7 +261,6 @@ def evaluate(
                 edit(batch)
                 if sequential:
                     done.extend(batch)
-                    batches_done.append(batch)
                 else:
                     t = time.perf_counter()
                     edited.extend(score_records(model, tok, batch, score_batch_size, prompting=prompting))
@@ -282,8 +270,8 @@ def evaluate(
                     if checkup:
                         checkup.measure(batch)
             finally:
-                if not sequential:
-                    restore_weights(model, saved)
+                if not sequential and stack.depth:
+                    stack.pop()
             if progress:
                 progress(Tick("edit", len(done), n_facts))
     except KeyboardInterrupt:
@@ -296,7 +284,7 @@ def evaluate(
             if checkup and not interrupted:
                 checkup.measure(done)
     finally:
-        restore_weights(model, saved)
+        stack.reset()
     scored = done[: len(edited)]
     return RunResult(
         records=tuple(scored), edited=tuple(edited), baseline=tuple(base[: len(scored)]),

@@ -1,7 +1,7 @@
 """Ring 2: sessions, their journal, replay and export.
 
-The light parts (journal, queue, facts files, folder) import no torch, so ``kedit log`` and
-``kedit queue`` stay instant; ``Session`` and ``QueryResult`` load the editing engine on first
+The light parts (journal, queue, facts files, the session folder with its settings and locks)
+import no torch, so ``kedit log``, ``kedit add`` and ``kedit queue`` stay instant; ``Session`` and ``QueryResult`` load the editing engine on first
 use (attribute access on this package).
 """
 

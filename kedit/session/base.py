@@ -7,7 +7,7 @@ header and refuses a mismatch, naming both fingerprints.
 
 from __future__ import annotations
 
-from kedit.errors import BaseModelMismatchError, UsageError
+from kedit.errors import BaseModelMismatchError
 from kedit.session.journal import BaseModelRef, JournalHeader
 
 
@@ -97,9 +97,3 @@ def load_for(header: JournalHeader, journal_path, model: str | None = None, devi
         )
     check_base(lm, header, journal_path)
     return lm
-
-
-def check_layers(layers, num_layers: int) -> None:
-    bad = [l for l in layers if not 0 <= l < num_layers]
-    if bad:
-        raise UsageError(f"layer(s) {bad} do not exist: the model has layers 0..{num_layers - 1}")

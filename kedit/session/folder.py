@@ -1,29 +1,42 @@
-"""A session folder on disk: where its files are, its settings, and atomic writes.
+"""A session folder on disk: its files, its locks, and every change made to them (no torch).
 
     sessions/<name>/
-        session.json     settings for the next commits (model, method, layers, dtype, ...)
+        session.json     settings for the next commits (``settings.py``)
         journal.jsonl    header + one line per commit/undo (``journal.py``), created on first load
         queue.json       facts waiting for the next commit (``queue.py``)
         deltas/NNNN.safetensors   rank-E factors of each commit (``store.py``)
+        .journal.lock, .folder.lock   who is changing the session right now (``lock.py``)
 
-No torch here: ``kedit add``, ``kedit queue`` and ``kedit log`` work on the folder alone.
+Every change goes through ``SessionFolder``: under the folder lock it reads the files as they
+are now, changes them and writes them back atomically (read-modify-write), so two processes never
+overwrite each other's changes. The ``Session``, the ``add``/``queue``/``settings`` commands and the
+TUI all change a session here and nowhere else. Readers (``log``, ``query``, ``replay``,
+``export``) read without a lock and never delete or rewrite a file; what a crash leaves behind
+(a delta file no journal line names, temp files) is removed by the next commit, undo or repair
+while it holds both locks.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from kedit.errors import SessionError, UsageError
-from kedit.paths import sessions_dir
-from kedit.session.journal import JOURNAL_NAME, fsync_dir
+from kedit.errors import CorruptJournalError, SessionError, UsageError
+from kedit.facts import Fact
+from kedit.paths import default_model_cache, sessions_dir
+from kedit.session import lock
+from kedit.session.atomic import atomic_write_json
+from kedit.session.journal import JOURNAL_NAME, Journal, read_journal
+from kedit.session.queue import QueueState, check_against, check_batch, read_queue, reconcile, write_queue
+from kedit.session.settings import SETTINGS_NAME, Settings, read_settings, settings_from_header
 
-SETTINGS_NAME = "session.json"
 QUEUE_NAME = "queue.json"
 DELTAS_DIR = "deltas"
-QUERY_QUANTS = ("none", "int8", "nf4")
+_LOCK_FILES = (lock.JOURNAL_LOCK, lock.FOLDER_LOCK)
 
 
 def resolve(path_or_name: str | os.PathLike) -> Path:
@@ -39,54 +52,9 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     return (sessions_dir() / s).resolve()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the next commit uses; the journal records what each commit actually used."""
-
-    model: str = "default"
-    method: str = "emmet"
-    layers: tuple[int, ...] | None = None  # None: the preset's layers
-    device: str | None = None  # None: the journal's device kind when it exists, else auto
-    dtype: str | None = None  # None: the journal's dtype when it exists, else auto
-    corpus: str = "wiki-sample"
-    seed: int = 0
-    query_quant: str = "none"
-    hparams: dict | None = None  # explicit HParams.to_dict() for the next commits (None: the preset)
-    load: str = "none"  # int8/nf4: the model is loaded quantised except the edit layers (fixed at the start)
-    drift_threshold: float = 0.02  # a commit that moves held-out perplexity by more than this fraction is flagged
-
-    def __post_init__(self) -> None:
-        if self.query_quant not in QUERY_QUANTS:
-            raise UsageError(f"unknown query quantisation {self.query_quant!r}", hint=f"choose one of {', '.join(QUERY_QUANTS)}")
-        if self.load not in QUERY_QUANTS:
-            raise UsageError(f"unknown --load mode {self.load!r}", hint=f"choose one of {', '.join(QUERY_QUANTS)}")
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["layers"] = list(self.layers) if self.layers is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Settings":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+def is_ours(name: str) -> bool:
+    """A lock file, or the temp file of an atomic write of this folder's own files."""
+    return name.startswith(_LOCK_FILES) or (name.startswith((f".{SETTINGS_NAME}.tmp", f".{QUEUE_NAME}.tmp")))
 
 
 @dataclass(frozen=True)
@@ -119,36 +87,188 @@ class SessionFolder:
     def has_journal(self) -> bool:
         return self.journal_file.exists()
 
+    # -- locks (lock.py) ------------------------------------------------------------------------
+
+    def journal_lock(self, action: str, wait: float | None = None):
+        """Held by commit, undo and repair for their whole run (default: refuse at once if taken)."""
+        return lock.hold(self.path / lock.JOURNAL_LOCK, action, wait, 0.0)
+
+    def folder_lock(self, action: str, wait: float | None = None):
+        """Held for a change of the queue, the settings or the folder (default: wait a little)."""
+        return lock.hold(self.path / lock.FOLDER_LOCK, action, wait, lock.FOLDER_PATIENCE)
+
+    # -- reading (no lock; never writes) --------------------------------------------------------
+
     def read_settings(self) -> Settings:
-        if not self.settings_file.exists():
-            if self.journal_file.exists():
-                return _settings_from_journal(self.journal_file)
-            raise SessionError(f"no session at {self.path}", hint="create one with 'kedit add' or 'kedit tui'")
-        try:
-            return Settings.from_dict(json.loads(self.settings_file.read_text("utf-8")))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise SessionError(f"{self.settings_file} is not valid: {exc}") from None
+        if self.settings_file.exists():
+            return read_settings(self.settings_file)
+        if self.journal_file.exists():
+            return settings_from_header(self.read_journal().header)
+        raise SessionError(f"no session at {self.path}", hint="create one with 'kedit add' or 'kedit tui'")
 
-    def write_settings(self, settings: Settings) -> None:
+    def read_journal(self) -> Journal:
+        """The journal as it is now. A line being appended by a writer at this very moment can
+        look torn for a few microseconds: a bad read is retried briefly before it is reported."""
+        for attempt in range(5):
+            try:
+                return read_journal(self.journal_file)
+            except CorruptJournalError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.02)
+        raise AssertionError("unreachable")
+
+    def journal_or_none(self) -> Journal | None:
+        return self.read_journal() if self.journal_file.exists() else None
+
+    def read_queue(self, journal: Journal | None = None) -> QueueState:
+        """The queue, without facts that a commit already consumed (see ``queue.reconcile``)."""
+        state = read_queue(self.queue_file)
+        j = journal if journal is not None else self.journal_or_none()
+        if j is None:
+            return state
+        return reconcile(state, [(c.seq, c.facts) for c in j.commits()])
+
+    def num_layers(self, model: str | None = None) -> int | None:
+        """The model's layer count when it is known without loading it (journal header, config.json)."""
+        if self.journal_file.exists():
+            return self.read_journal().header.model.num_layers
+        return config_num_layers(model) if model is not None else None
+
+    # -- creating -------------------------------------------------------------------------------
+
+    def create(self, settings: Settings, facts=(), wait: float | None = None) -> bool:
+        """Create the session with ``settings`` and ``facts`` queued. Returns False (and creates
+        nothing) when another process created it first; refuses a foreign non-empty folder."""
+        settings = settings.check(config_num_layers(settings.model))
+        queue = check_batch((), list(facts))  # everything is checked before anything is written
+        self.refuse_foreign()
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.settings_file, settings.to_dict())
+        with self.folder_lock("creating the session", wait):
+            if self.exists():
+                return False
+            self.refuse_foreign()
+            atomic_write_json(self.settings_file, settings.to_dict())
+            if queue:
+                write_queue(self.queue_file, QueueState(queue, 0))
+        return True
 
-    def create(self, settings: Settings) -> None:
-        if self.exists():
-            raise SessionError(f"a session exists already at {self.path}", hint="open it instead, or pick another name")
-        if self.path.exists() and any(self.path.iterdir()):
+    def refuse_foreign(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise SessionError(f"{self.path} is a file, not a session folder", hint="pick another name or path")
+        if self.path.is_dir() and not self.exists() and any(not is_ours(p.name) for p in self.path.iterdir()):
             raise SessionError(f"{self.path} is a non-empty folder that is not a session", hint="pick another name or path")
-        self.write_settings(settings)
+
+    # -- changing the settings ------------------------------------------------------------------
+
+    def change_settings(self, change: Callable[[Settings], Settings], wait: float | None = None,
+                        num_layers: int | None = None) -> Settings:
+        """Read the settings, apply ``change``, check the result (against the model's layer count
+        when known) and write it — or raise and write nothing."""
+        with self.folder_lock("changing the settings", wait):
+            current = self.read_settings()
+            n = num_layers if num_layers is not None else self.num_layers(current.model)
+            new = change(current).check(n)
+            if new != current or not self.settings_file.exists():
+                atomic_write_json(self.settings_file, new.to_dict())
+            return new
+
+    # -- changing the queue ---------------------------------------------------------------------
+
+    def change_queue(self, change: Callable[[tuple[Fact, ...]], tuple[Fact, ...]], wait: float | None = None,
+                     action: str = "changing the queue") -> QueueState:
+        """Read-modify-write of ``queue.json`` under the folder lock: ``change`` gets the facts
+        queued right now (another process's additions included) and returns the new ones."""
+        if not self.exists():
+            raise SessionError(f"no session at {self.path}", hint="create one with 'kedit add' or 'kedit tui'")
+        with self.folder_lock(action, wait):
+            journal = self.journal_or_none()
+            now = self.read_queue(journal)
+            facts = tuple(change(now.facts))
+            state = QueueState(facts, journal.entries[-1].seq if journal is not None and journal.entries else 0)
+            if state != read_queue(self.queue_file):
+                write_queue(self.queue_file, state)
+            return state
+
+    def add_facts(self, facts, wait: float | None = None) -> tuple[QueueState, int]:
+        """Queue every fact or none (each checked against the queue and the others first).
+        Returns the queue and how many facts were new (an exact duplicate is queued once)."""
+        facts = list(facts)
+        before: list[int] = []
+
+        def add(q):
+            before.append(len(q))
+            return check_batch(q, facts)
+
+        state = self.change_queue(add, wait, "queuing facts")
+        return state, len(state.facts) - before[0]
+
+    def remove_fact(self, which: int | Fact, wait: float | None = None) -> Fact:
+        """Remove a queued fact: number ``which`` (from 0; negative from the end) in the queue as
+        it is now, or the fact ``which`` wherever it is now (a view that may be out of date names
+        the fact, not its place)."""
+        removed: list[Fact] = []
+
+        def drop(q):
+            i = _find(q, which)
+            removed.append(q[i])
+            return q[:i] + q[i + 1:]
+
+        self.change_queue(drop, wait, "removing a queued fact")
+        return removed[0]
+
+    def replace_fact(self, which: int | Fact, fact: Fact, wait: float | None = None) -> None:
+        """Replace a queued fact (found as in ``remove_fact``) by ``fact``."""
+        def swap(q):
+            i = _find(q, which)
+            check_against(q[:i] + q[i + 1:], fact)
+            return q[:i] + (fact,) + q[i + 1:]
+
+        self.change_queue(swap, wait, "replacing a queued fact")
+
+    def clear_queue(self, wait: float | None = None) -> int:
+        """Empty the queue; returns how many facts it held."""
+        n: list[int] = []
+        self.change_queue(lambda q: (n.append(len(q)), ())[1], wait, "clearing the queue")
+        return n[0]
+
+    # -- crash leftovers ------------------------------------------------------------------------
+
+    def remove_leftovers(self, journal: Journal) -> list[Path]:
+        """Delete what an interrupted write left: delta files no journal line names and temp
+        files. Only a writer holding both locks may call this (no other write is in flight)."""
+        from kedit.session import store
+
+        known = {c.delta_file for c in journal.commits()}
+        gone = store.orphans(self.path, known) + sorted(self.path.glob(".*.tmp*"))
+        gone += [p for p in self.path.glob(".*.lock.holder.*")]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
 
 
-def _settings_from_journal(journal: Path) -> Settings:
-    """A session folder that holds only a journal (a copied one): settings from its header."""
-    from kedit.session.journal import read_journal
+def _find(queue, which: int | Fact) -> int:
+    n = len(queue)
+    if isinstance(which, Fact):
+        if which not in queue:
+            raise UsageError(f"{which.label!r} is no longer queued (another process changed the queue)")
+        return queue.index(which)
+    if not -n <= which < n:
+        raise UsageError(f"no queued fact number {which + 1 if which >= 0 else which} (the queue holds {n})",
+                         hint="'kedit queue SESSION' lists them")
+    return which % n
 
-    h = read_journal(journal).header
-    return Settings(model=h.model.name, method=h.method, layers=h.layers, device=h.device, dtype=h.dtype,
-                    corpus=h.corpus, seed=h.seed)
 
-
-def with_method(settings: Settings, method: str, layers) -> Settings:
-    return replace(settings, method=method, layers=tuple(layers) if layers is not None else None)
+def config_num_layers(model: str) -> int | None:
+    """The layer count in a local model folder's config.json (the default model's once it is
+    converted); None when it cannot be known without loading the model."""
+    folder = default_model_cache() if model == "default" else Path(model).expanduser()
+    try:
+        cfg = json.loads((folder / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    cfg = cfg.get("text_config", cfg) if "num_hidden_layers" not in cfg and "n_layer" not in cfg else cfg
+    n = cfg.get("num_hidden_layers", cfg.get("n_layer")) if isinstance(cfg, dict) else None
+    return n if isinstance(n, int) and n > 0 else None

@@ -1,9 +1,10 @@
 """The fact queue: facts waiting for the next commit, persisted in ``queue.json``.
 
 Every change validates at once (``Fact.validate`` and conflicts against the queue) and rewrites
-the file atomically. The file records the journal entry it was written after (``after``), so a
-crash between a commit's journal line and the queue's clearing is recognised on open: a commit
-entry later than ``after`` with exactly the queued facts means the queue was consumed.
+the file atomically (``SessionFolder.change_queue`` does it under the session's folder lock). The
+file records the journal entry it was written after (``after``): the facts of a commit later than
+``after`` were consumed by it (``reconcile``), so a crash between a commit's journal line and the
+queue's rewrite loses and duplicates nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from kedit.errors import ConflictingFactsError, SessionError
 from kedit.facts import Fact, find_conflicts
-from kedit.session.folder import atomic_write_json
+from kedit.session.atomic import atomic_write_json
 
 
 def check_against(queue: tuple[Fact, ...], fact: Fact) -> None:
@@ -57,9 +58,14 @@ def write_queue(path: Path, state: QueueState) -> None:
     atomic_write_json(path, {"after": state.after, "facts": [f.to_dict() for f in state.facts]})
 
 
-def reconcile(state: QueueState, commits_after: list[tuple[int, tuple[Fact, ...]]]) -> QueueState:
-    """Drop the queue if a later commit consumed exactly these facts (crash before the queue was cleared)."""
-    for seq, facts in commits_after:
-        if seq > state.after and state.facts and tuple(facts) == state.facts:
-            return QueueState((), seq)
-    return state
+def reconcile(state: QueueState, commits: list[tuple[int, tuple[Fact, ...]]]) -> QueueState:
+    """The queue without the facts that commits later than ``state.after`` consumed.
+
+    A commit removes exactly the facts it edited (a fact added meanwhile stays); if it died
+    between its journal line and the queue's rewrite, the next reader sees the same queue.
+    """
+    later = [(seq, facts) for seq, facts in commits if seq > state.after]
+    if not later:
+        return state
+    done = {f for _, facts in later for f in facts}
+    return QueueState(tuple(f for f in state.facts if f not in done), max(seq for seq, _ in later))

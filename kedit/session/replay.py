@@ -17,7 +17,7 @@ from typing import Callable
 
 from kedit.errors import ExportError, VerificationError
 from kedit.session import store
-from kedit.session.journal import CommitEntry, Journal, UndoEntry, active_commits, read_journal
+from kedit.session.journal import CommitEntry, Journal, UndoEntry, read_journal
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,12 @@ class ReplayReport:
 
 def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = False,
                 progress: Callable | None = None, inner_progress: Callable | None = None) -> tuple[ReplayReport, object]:
-    """Replay ``journal`` on ``lm`` (already loaded and checked). Returns the report and the ``LiveWeights``."""
+    """Replay ``journal`` on ``lm`` (already loaded and checked). Returns the report and the ``EditStack``."""
     from kedit.editing import HParams, Progress
-    from kedit.session.engine import EditEngine
-    from kedit.editing.quant import base_layer_digests
-    from kedit.session.weights import LiveWeights
+    from kedit.session.engine import EditStack
 
     t0 = time.perf_counter()
-    weights = LiveWeights(lm.model, base_layer_digests(lm))
-    engine = EditEngine(lm, weights, journal.header.prefixes, journal.header.model.fingerprint, journal.header.corpus)
+    stack = EditStack.for_journal(lm, journal.header)
     steps = []
     total = len(journal.entries)
     for i, e in enumerate(journal.entries):
@@ -77,16 +74,14 @@ def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = Fa
             progress(Progress("replay", i, total, detail=_describe(e)))
         if isinstance(e, CommitEntry):
             if recompute:
-                remember = [c.facts for c in active_commits(journal.entries[:i])]  # one tuple per commit
-                result = engine.edit(list(e.facts), HParams.from_dict(e.hparams), inner_progress, remember=remember)
-                deltas = result.deltas
+                deltas = stack.edit(list(e.facts), HParams.from_dict(e.hparams), inner_progress).deltas
             else:
                 deltas = store.read_deltas(journal.folder, e.delta_file, e.delta_sha256, e.seq)
-            weights.apply(deltas)
+            stack.push(deltas, e.facts)
         else:
             assert isinstance(e, UndoEntry)
-            weights.pop()
-        step = StepReport(e.seq, e.kind, e.fingerprint, weights.fingerprint(), time.perf_counter() - t)
+            stack.pop()
+        step = StepReport(e.seq, e.kind, e.fingerprint, stack.fingerprint(), time.perf_counter() - t)
         steps.append(step)
         if verify and not step.ok:
             raise VerificationError(
@@ -99,10 +94,10 @@ def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = Fa
         progress(Progress("replay", total, total, detail="done"))
     active = journal.active_commits()
     report = ReplayReport(
-        journal=journal.path, recompute=recompute, steps=tuple(steps), fingerprint=weights.fingerprint(),
+        journal=journal.path, recompute=recompute, steps=tuple(steps), fingerprint=stack.fingerprint(),
         active_commits=len(active), facts=sum(len(c.facts) for c in active), seconds=time.perf_counter() - t0,
     )
-    return report, weights
+    return report, stack
 
 
 def replay(journal_path, model: str | None = None, device: str | None = None, dtype: str | None = None,

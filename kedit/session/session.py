@@ -1,8 +1,13 @@
 """The session: one folder, one live model, a queue of facts and the journal of commits.
 
-The session owns the model's weights. Every use of the model goes through one lock, so a UI can
-call ``commit``/``query`` from a worker thread. Changes reach the disk in an order that keeps the
-folder consistent after a crash at any point (see ``commit``).
+The session owns the model's weights. Every use of the model goes through one thread lock, so a
+UI can call ``commit``/``query`` from a worker thread. Other processes may change the same
+folder at any time (``kedit add`` from another terminal, a ``kedit commit`` while a TUI is
+open): every change is made under the folder's locks (``lock.py``, through ``SessionFolder``),
+and ``commit``/``undo`` first catch up with the journal as it is on disk — applying the stored
+deltas of entries another process wrote and checking the fingerprint — so a commit is never
+computed on stale weights and no entry number is written twice. Changes reach the disk in an
+order that keeps the folder consistent after a crash at any point (see ``commit``).
 """
 
 from __future__ import annotations
@@ -15,16 +20,16 @@ from pathlib import Path
 from typing import Callable
 
 from kedit import __version__
-from kedit.errors import EditCancelled, InvalidFactError, SessionError, UsageError, VerificationError
+from kedit.errors import EditCancelled, InvalidFactError, KeditError, SessionError, UsageError, VerificationError
 from kedit.facts import Fact
 from kedit.session import base as base_model
 from kedit.session import store
-from kedit.session.folder import SessionFolder, Settings, resolve, with_method
+from kedit.session.folder import SessionFolder, resolve
 from kedit.session.journal import (
-    CommitEntry, FactScore, Journal, JournalEntry, JournalHeader, UndoEntry, append_entry, now, read_journal,
-    write_header,
+    CommitEntry, FactScore, Journal, JournalEntry, JournalHeader, UndoEntry, append_entry, now, write_header,
 )
-from kedit.session.queue import QueueState, check_against, check_batch, read_queue, reconcile, write_queue
+from kedit.session.queue_view import SessionQueue
+from kedit.session.settings import Settings
 
 MAX_NEW_TOKENS = 8
 
@@ -54,24 +59,29 @@ def answer(model, tok, prompt: str, top_k: int = 5, chat: bool = False, system: 
 class Session:
     """Use ``Session.open``, ``Session.create``, ``Session.open_or_create`` or ``Session.attach``."""
 
-    def __init__(self, folder: SessionFolder, lm, settings: Settings, journal: Journal, queue: QueueState) -> None:
-        from kedit.session.engine import EditEngine
-        from kedit.session.weights import LiveWeights
+    def __init__(self, folder: SessionFolder, lm, settings: Settings, journal: Journal) -> None:
+        from kedit.session.engine import EditStack
 
         self._folder = folder
         self.lm = lm
         self._settings = settings
         self._journal = journal
-        self._queue = queue
         self._lock = threading.RLock()
-        from kedit.editing.quant import base_layer_digests
-
-        self._weights = LiveWeights(lm.model, base_layer_digests(lm))
+        self._queue = SessionQueue(folder)
+        self._stack = EditStack.for_journal(lm, journal.header)
         self.base_fingerprint: str = journal.header.model.fingerprint
-        self._engine = EditEngine(lm, self._weights, journal.header.prefixes, self.base_fingerprint, journal.header.corpus)
-        self.hparams = _hparams_for(settings, journal.header, lm)
+        self.hparams = _hparams_for(folder, settings, journal.header, lm)
         self._qcopy = None  # quantised query copy (settings.query_quant), built on first query
         self._base_nll: float | None = None  # held-out NLL of the base model (health check), measured once
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds a change waits for another process's lock (None: the defaults of ``lock.py``)."""
+        return self._queue.wait
+
+    @wait.setter
+    def wait(self, seconds: float | None) -> None:
+        self._queue.wait = seconds
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -88,8 +98,8 @@ class Session:
         settings = _settings(model, method, layers, device, dtype, corpus, seed, query_quant, hparams, load)
         if folder.exists():
             raise SessionError(f"a session exists already at {folder.path}", hint="open it instead, or pick another name")
-        _refuse_foreign_folder(folder)
-        lm = _load_session_model(settings, model, device, dtype)
+        folder.refuse_foreign()
+        lm = _load_session_model(settings, settings.model, settings.device, settings.dtype)
         return cls._start(folder, lm, settings)
 
     @classmethod
@@ -107,15 +117,17 @@ class Session:
     @classmethod
     def open(cls, path_or_name, device: str | None = None, dtype: str | None = None) -> "Session":
         """Open an existing session: load its base model (checked), re-apply the stored deltas."""
+        from kedit import choices
+
+        device, dtype = choices.device_name(device), choices.dtype_name(dtype)
         folder = SessionFolder(resolve(path_or_name))
         if not folder.exists():
             raise SessionError(f"no session at {folder.path}", hint="create one with 'kedit add' (or check the name)")
+        settings = folder.read_settings()
         if not folder.has_journal():  # created by 'kedit add' without a model: load it now
-            settings = folder.read_settings()
             lm = _load_session_model(settings, settings.model, device or settings.device, dtype or settings.dtype)
             return cls._start(folder, lm, settings)
-        journal = read_journal(folder.journal_file)
-        settings = folder.read_settings()
+        journal = folder.read_journal()
         # with --load int8/nf4: the same layers in full precision as when it started, the same quantised bytes
         keep = {l for c in journal.commits() for l in c.layers}
         lm = base_model.load_for(journal.header, folder.journal_file, device=device, dtype=dtype, load=settings.load,
@@ -131,15 +143,16 @@ class Session:
         On an existing session ``model``, ``corpus`` and ``seed`` are those it was created with;
         ``method``/``layers`` and ``query_quant``, when given, change its settings for what follows.
         """
+        from kedit import choices
+
         folder = SessionFolder(resolve(path_or_name))
         if folder.exists():
-            if load is not None and load != folder.read_settings().load:
-                raise UsageError(f"session {folder.path} was started with --load {folder.read_settings().load}, not {load}",
-                                 hint="the load mode of a session is fixed; start a new session for another")
+            if load is not None:
+                _check_same_load(folder, folder.read_settings(), load)
             s = cls.open(folder.path, device=device, dtype=dtype)
             if method is not None or layers is not None:
-                s.set_method(method or s.method, layers)
-            if query_quant is not None and query_quant != s.settings.query_quant:
+                s.set_method(method, layers)
+            if query_quant is not None and choices.quant_mode(query_quant) != s.settings.query_quant:
                 s.set_query_quant(query_quant)
             return s
         return cls.create(folder.path, model=model, method=method or "emmet", layers=layers, device=device, dtype=dtype,
@@ -147,8 +160,11 @@ class Session:
 
     @classmethod
     def _start(cls, folder: SessionFolder, lm, settings: Settings) -> "Session":
-        """Write the journal header for ``lm`` (prefixes sampled once with the seed) and open."""
-        from kedit.editing import sample_prefixes
+        """Write the journal header for ``lm`` (prefixes sampled once with the seed) and open.
+
+        Another process may start the same session at the same time: under the folder lock the
+        first writes the header, the other opens what it wrote."""
+        from kedit.editing import arch, sample_prefixes
         from kedit.editing.corpus import load_corpus
         from kedit.editing.models import dtype_name
         from kedit.editing.quant import quant_mode_of
@@ -156,7 +172,7 @@ class Session:
 
         deterministic()
         ref = base_model.describe(lm)
-        hp = _hparams_for(settings, None, lm)
+        hp = _hparams_for(folder, settings, None, lm)
         corpus = load_corpus(settings.corpus)
         prefixes = sample_prefixes(lm.model, lm.tokenizer, hp.n_prefixes, hp.prefix_len, seed=settings.seed)
         header = JournalHeader(
@@ -165,43 +181,91 @@ class Session:
             seed=settings.seed, prefixes=tuple(prefixes), corpus=settings.corpus, corpus_fingerprint=corpus.fingerprint,
             load=quant_mode_of(lm.model),
         )
-        _refuse_foreign_folder(folder)
-        folder.path.mkdir(parents=True, exist_ok=True)
-        # Pin the hyper-parameters the session starts with: a later kedit whose preset differs
-        # (another default layer, say) must not change what this session's next commit does.
-        settings = dataclasses.replace(settings, dtype=header.dtype, device=header.device, hparams=plain(hp))
-        folder.write_settings(settings)
-        write_header(folder.journal_file, header)
-        return cls._open(folder, lm, read_journal(folder.journal_file))
+        n = arch.num_layers(lm.model)
+
+        def pinned(s: Settings) -> Settings:
+            # Pin the hyper-parameters the session starts with: a later kedit whose preset differs
+            # (another default layer, say) must not change what this session's next commit does.
+            return dataclasses.replace(s, dtype=header.dtype, device=header.device,
+                                       hparams=plain(_hparams_for(folder, s, None, lm)))
+
+        folder.create(settings)  # nothing happens when it exists (created by 'kedit add', or just now by another process)
+        with folder.folder_lock("starting the journal"):
+            if not folder.has_journal():
+                folder.change_settings(pinned, num_layers=n)
+                write_header(folder.journal_file, header)
+        return cls._open(folder, lm)
 
     @classmethod
     def _open(cls, folder: SessionFolder, lm, journal: Journal | None = None) -> "Session":
-        journal = journal or read_journal(folder.journal_file)
+        """The session over ``lm`` as the folder is now (reading only: nothing is deleted or rewritten)."""
+        journal = journal or folder.read_journal()
         base_model.check_base(lm, journal.header, folder.journal_file)
-        settings = folder.read_settings()
-        known = {c.delta_file for c in journal.commits()}
-        for orphan in store.orphans(folder.path, known):  # an interrupted commit's delta file
-            orphan.unlink()
-        for tmp in folder.path.glob(".*.tmp*"):  # an interrupted atomic write of the queue or settings
-            tmp.unlink()
-        deltas = [store.read_deltas(folder.path, c.delta_file, c.delta_sha256, c.seq) for c in journal.active_commits()]
-        queue = read_queue(folder.queue_file)
-        fixed = reconcile(queue, [(c.seq, c.facts) for c in journal.commits()])
-        if fixed != queue:
-            write_queue(folder.queue_file, fixed)
-        s = cls(folder, lm, settings, journal, fixed)
-        for d in deltas:
-            s._weights.apply(d)
-        fp = s._weights.fingerprint()
+        s = cls(folder, lm, folder.read_settings(), journal)
+        s._queue.refresh(journal)
+        for c in journal.active_commits():
+            s._stack.push(store.read_deltas(folder.path, c.delta_file, c.delta_sha256, c.seq), c.facts)
+        s._check_fingerprint(journal)
+        return s
+
+    def _check_fingerprint(self, journal: Journal) -> None:
+        fp = self._stack.fingerprint()
         if fp != journal.fingerprint:
-            s._weights.reset()
+            self._stack.reset()
+            self._journal = dataclasses.replace(journal, entries=())
             raise VerificationError(
-                f"{folder.journal_file}: the stored deltas give fingerprint {fp}, the journal recorded {journal.fingerprint}",
+                f"{self._folder.journal_file}: the stored deltas give fingerprint {fp}, the journal recorded {journal.fingerprint}",
                 hint=f"open it on the device and dtype it was recorded with ({journal.header.device}, {journal.header.dtype}),"
                 " or check it with 'kedit replay --verify'",
             )
-        return s
 
+    # -- catching up with other processes -------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Catch up with what other processes wrote: journal entries (their stored deltas are
+        applied), settings and queue. True when anything changed."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
+        journal = self._folder.read_journal()
+        changed = self._catch_up(journal)
+        settings = self._folder.read_settings()
+        if settings != self._settings:
+            if settings.query_quant != self._settings.query_quant:
+                self._qcopy = None
+            self._use_settings(settings)
+            changed = True
+        return self._queue.refresh(journal) or changed
+
+    def _catch_up(self, journal: Journal) -> bool:
+        """Bring the weights to ``journal`` (read from disk): apply the new entries' stored deltas,
+        or rebuild from the base when the history itself changed; the fingerprint must match."""
+        mine = self._journal.entries
+        if journal.header != self._journal.header:
+            raise SessionError(f"{self._folder.journal_file} was replaced by another journal while this session was open",
+                               hint="open the session again")
+        if journal.entries == mine:
+            return False
+        touched = set(self._stack.weights.touched_layers)
+        if journal.entries[: len(mine)] == mine:
+            for e in journal.entries[len(mine):]:
+                if isinstance(e, CommitEntry):
+                    self._stack.push(store.read_deltas(self.path, e.delta_file, e.delta_sha256, e.seq), e.facts)
+                    touched |= set(e.layers)
+                else:
+                    self._stack.pop()
+        else:
+            self._stack.reset()
+            for c in journal.active_commits():
+                self._stack.push(store.read_deltas(self.path, c.delta_file, c.delta_sha256, c.seq), c.facts)
+                touched |= set(c.layers)
+        self._check_fingerprint(journal)
+        self._journal = journal
+        self._sync_query_copy(touched)
+        return True
+
+    # -- what the session is ------------------------------------------------------------------
     # -- what the session is ------------------------------------------------------------------
 
     @property
@@ -249,89 +313,84 @@ class Session:
     def fingerprint(self) -> str:
         """Digest of the editable projections now (equals the last journal entry's)."""
         with self._lock:
-            return self._weights.fingerprint()
+            return self._stack.fingerprint()
 
-    # -- the queue ------------------------------------------------------------------------------
+    # -- the queue (changed under the folder lock; facts other processes add are kept) ----------
+
+    @property
+    def queue_handle(self) -> SessionQueue:
+        return self._queue
 
     def check(self, fact: Fact) -> None:
         """Raise ``InvalidFactError``/``ConflictingFactsError`` if ``fact`` cannot join the queue."""
-        check_against(self.queue, fact)
+        self._queue.check(fact)
 
     def add(self, fact: Fact) -> None:
-        self.add_many([fact])
+        self._queue.add(fact)
 
     def add_many(self, facts: list[Fact]) -> None:
         """Add every fact or none (each is validated against the queue and the others first)."""
-        with self._lock:
-            self._set_queue(check_batch(self.queue, list(facts)))
+        self._queue.add_many(facts)
 
     def remove(self, index: int) -> Fact:
-        with self._lock:
-            q = list(self.queue)
-            fact = q.pop(self._index(index))
-            self._set_queue(tuple(q))
-            return fact
+        return self._queue.remove(index)
 
     def replace(self, index: int, fact: Fact) -> None:
-        with self._lock:
-            q = list(self.queue)
-            i = self._index(index)
-            others = tuple(q[:i] + q[i + 1 :])
-            check_against(others, fact)
-            q[i] = fact
-            self._set_queue(tuple(q))
+        self._queue.replace(index, fact)
 
     def clear_queue(self) -> None:
-        with self._lock:
-            self._set_queue(())
-
-    def _index(self, index: int) -> int:
-        n = len(self.queue)
-        if not -n <= index < n:
-            raise UsageError(f"no queued fact number {index} (the queue holds {n})")
-        return index % n
-
-    def _set_queue(self, facts: tuple[Fact, ...]) -> None:
-        state = QueueState(tuple(facts), self._journal.entries[-1].seq if self._journal.entries else 0)
-        write_queue(self._folder.queue_file, state)
-        self._queue = state
+        self._queue.clear_queue()
 
     # -- settings for the next commits ----------------------------------------------------------
 
-    def set_method(self, method: str, layers=None) -> None:
-        """Method (and layers; None: the preset's) for the next commits."""
+    def set_method(self, method: str | None = None, layers=None, preset_layers: bool = False) -> None:
+        """Method and/or layers for the next commits. Layers chosen earlier are kept when only the
+        method changes (``preset_layers``: the method's own instead); without any choice the
+        method's preset decides."""
+        from kedit.editing import arch
         from kedit.session.engine import plain
 
+        def change(s: Settings) -> Settings:
+            s = s.with_method(method, tuple(layers) if layers is not None else None, preset_layers)
+            s = s.check(arch.num_layers(self.lm.model))
+            hp = _hparams_for(self._folder, s, self._journal.header, self.lm)
+            _check_full_precision(self.lm, hp.layers, s.load)
+            return dataclasses.replace(s, hparams=plain(hp))
+
         with self._lock:
-            settings = dataclasses.replace(with_method(self._settings, method, layers), hparams=None)
-            hp = _hparams_for(settings, self._journal.header, self.lm)
-            _check_full_precision(self.lm, hp.layers, settings.load)
-            settings = dataclasses.replace(settings, hparams=plain(hp))
-            self._folder.write_settings(settings)
-            self._settings, self.hparams = settings, hp
+            self._use_settings(self._folder.change_settings(change, self.wait))
 
     def set_query_quant(self, mode: str) -> None:
         """Answer queries from a quantised copy (``int8``/``nf4``) or from the live model (``none``)."""
         with self._lock:
-            settings = dataclasses.replace(self._settings, query_quant=mode)
-            self._folder.write_settings(settings)
-            self._settings, self._qcopy = settings, None
+            self._use_settings(self._folder.change_settings(lambda s: dataclasses.replace(s, query_quant=mode), self.wait))
+            self._qcopy = None
+
+    def _use_settings(self, settings: Settings) -> None:
+        self.hparams = _hparams_for(self._folder, settings, self._journal.header, self.lm)
+        self._settings = settings
 
     # -- commits --------------------------------------------------------------------------------
 
     def commit(self, progress: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> CommitEntry:
         """Edit the queued facts as one batch, write its delta file, then its journal line.
 
-        Order on disk: the delta file (temp + fsync + rename), then the journal line (one write +
-        fsync), then the emptied queue. A crash before the journal line leaves an orphan delta file
-        (removed on open); after it, the commit is complete (a stale queue is recognised on open).
-        ``should_stop`` cancels with ``EditCancelled`` before any weight or file changes.
+        The journal lock is held throughout (a second committer is refused or waits); first the
+        session catches up with the journal on disk and re-reads the settings and the queue.
+        Order on disk, under the folder lock: the delta file (temp + fsync + rename), the journal
+        line (one write + fsync), then the queue without exactly the committed facts (facts
+        queued meanwhile stay). A crash before the journal line leaves an orphan delta file
+        (removed by the next writer); after it, the commit is complete (the queue file's
+        ``after`` tells readers which facts it consumed). ``should_stop`` cancels with
+        ``EditCancelled`` before any weight or file changes.
         """
         from kedit.editing import Progress, score_targets
         from kedit.editing.health import session_nll
         from kedit.session.engine import plain
 
-        with self._lock:
+        with self._lock, self._folder.journal_lock("committing", self.wait):
+            self._refresh()
+            self._remove_leftovers()
             facts = list(self.queue)
             if not facts:
                 raise InvalidFactError("the queue is empty: nothing to commit", hint="add facts first ('kedit add')")
@@ -340,43 +399,46 @@ class Session:
             t0 = time.perf_counter()
             before = score_targets(model, tok, [f.text for f in facts], [f.target for f in facts])
             base_nll = self._heldout_base()
-            remember = [c.facts for c in self._journal.active_commits()]  # one tuple per commit
-            result = self._engine.edit(facts, hp, progress, should_stop, remember)
+            result = self._stack.edit(facts, hp, progress, should_stop)
             if should_stop is not None and should_stop():
                 raise EditCancelled("commit cancelled; no weight was changed")
             if progress:
                 progress(Progress("apply", 0, 2, detail="applying"))
             t = time.perf_counter()
-            self._weights.apply(result.deltas)
+            self._stack.push(result.deltas, result.facts)
             written: Path | None = None
+            committed = False
             try:
                 after = score_targets(model, tok, [f.text for f in result.facts], [f.target for f in result.facts])
                 heldout = session_nll(model, tok)
                 prob_before = {f: b.prob for f, b in zip(facts, before)}
-                fp = self._weights.fingerprint()
+                fp = self._stack.fingerprint()
                 seq = self._journal.next_seq
                 if progress:
                     progress(Progress("apply", 1, 2, detail="writing"))
-                rel, sha = store.write_deltas(self.path, seq, result.deltas)
-                written = self.path / rel
-                timings = dict(result.timings, apply=time.perf_counter() - t, total=time.perf_counter() - t0)
-                entry = CommitEntry(
-                    seq=seq, time=now(), facts=tuple(result.facts), method=hp.method, layers=tuple(hp.layers),
-                    hparams=plain(hp), timings={k: round(v, 4) for k, v in timings.items()}, delta_file=rel,
-                    delta_sha256=sha, fingerprint=fp,
-                    efficacy=tuple(FactScore(prob=round(a.prob, 6), argmax=a.argmax, prob_before=round(prob_before[f], 6))
-                                   for f, a in zip(result.facts, after)),
-                    value_steps=tuple(result.value_steps), heldout_nll=round(heldout, 6), heldout_base=round(base_nll, 6),
-                )
-                store.test_pause("delta-written")
-                append_entry(self.journal_path, entry)
+                with self._folder.folder_lock(f"writing commit #{seq}", self.wait):
+                    rel, sha = store.write_deltas(self.path, seq, result.deltas)
+                    written = self.path / rel
+                    timings = dict(result.timings, apply=time.perf_counter() - t, total=time.perf_counter() - t0)
+                    entry = CommitEntry(
+                        seq=seq, time=now(), facts=tuple(result.facts), method=hp.method, layers=tuple(hp.layers),
+                        hparams=plain(hp), timings={k: round(v, 4) for k, v in timings.items()}, delta_file=rel,
+                        delta_sha256=sha, fingerprint=fp,
+                        efficacy=tuple(FactScore(prob=round(a.prob, 6), argmax=a.argmax, prob_before=round(prob_before[f], 6))
+                                       for f, a in zip(result.facts, after)),
+                        value_steps=tuple(result.value_steps), heldout_nll=round(heldout, 6),
+                        heldout_base=round(base_nll, 6),
+                    )
+                    append_entry(self.journal_path, entry)
+                    committed = True  # from here on the commit is in the session, whatever happens next
+                    self._journal = dataclasses.replace(self._journal, entries=self._journal.entries + (entry,))
+                    self._drop_committed()
             except BaseException:
-                self._weights.pop()
-                if written is not None and written.exists():
-                    written.unlink()
+                if not committed:
+                    self._stack.pop()
+                    if written is not None and written.exists():
+                        written.unlink()
                 raise
-            self._journal = dataclasses.replace(self._journal, entries=self._journal.entries + (entry,))
-            self._set_queue(())
             self._sync_query_copy(entry.layers)
             if progress:
                 progress(Progress("apply", 2, 2, detail="done"))
@@ -387,7 +449,7 @@ class Session:
         if self._base_nll is None:
             from kedit.editing.health import session_nll
 
-            with self._weights.base():
+            with self._stack.base():
                 self._base_nll = session_nll(self.lm.model, self.lm.tokenizer)
         return self._base_nll
 
@@ -399,13 +461,15 @@ class Session:
 
     def undo(self) -> UndoEntry:
         """Take back the last active commit; the weights become bit-identical to before it."""
-        with self._lock:
+        with self._lock, self._folder.journal_lock("undoing", self.wait):
+            self._refresh()
+            self._remove_leftovers()
             active = self.active_commits()
             if not active:
                 raise SessionError("nothing to undo: no active commit", hint="'kedit log' shows the session's history")
             last = active[-1]
-            self._weights.pop()
-            fp = self._weights.fingerprint()
+            deltas = self._stack.pop()
+            fp = self._stack.fingerprint()
             expected = self._fingerprint_before(last.seq)
             try:
                 if fp != expected:
@@ -413,13 +477,27 @@ class Session:
                         f"undoing commit #{last.seq} gave fingerprint {fp}, expected {expected} (kedit bug; nothing written)"
                     )
                 entry = UndoEntry(seq=self._journal.next_seq, time=now(), undoes=last.seq, fingerprint=fp)
-                append_entry(self.journal_path, entry)
+                with self._folder.folder_lock(f"writing undo #{entry.seq}", self.wait):
+                    append_entry(self.journal_path, entry)
             except BaseException:
-                self._weights.apply(store.read_deltas(self.path, last.delta_file, last.delta_sha256, last.seq))
+                self._stack.push(deltas, last.facts)
                 raise
             self._journal = dataclasses.replace(self._journal, entries=self._journal.entries + (entry,))
             self._sync_query_copy(last.layers)
             return entry
+
+    def _drop_committed(self) -> None:
+        """The queue without the facts just committed. If this write fails the commit still
+        stands: the queue file's ``after`` lets every reader drop those facts (``queue.reconcile``)."""
+        try:
+            self._queue.set_state(self._folder.change_queue(lambda q: q, self.wait, "removing the committed facts"))
+        except (OSError, KeditError):
+            self._queue.refresh(self._journal)
+
+    def _remove_leftovers(self) -> None:
+        """Under the journal lock: what interrupted writes left (orphan deltas, temp files)."""
+        with self._folder.folder_lock("removing leftovers of an interrupted write", self.wait):
+            self._folder.remove_leftovers(self._journal)
 
     def _fingerprint_before(self, seq: int) -> str:
         prior = [e for e in self._journal.entries if e.seq < seq]
@@ -443,7 +521,7 @@ class Session:
             now = answer(model, tok, prompt, top_k, chat, system)
             if not self.touched_by(prompt):
                 return now
-            with qcopy.base() if qcopy is not None else self._weights.base():
+            with qcopy.base() if qcopy is not None else self._stack.base():
                 before = answer(model, tok, prompt, top_k, chat, system)
             return dataclasses.replace(now, base_continuation=before.continuation, base_top=before.top)
 
@@ -456,8 +534,8 @@ class Session:
 
             check_quant_support(self._settings.query_quant, self.lm.device)
             self._qcopy = QueryCopy(self.lm, self._settings.query_quant, device=self.lm.device)
-            if self._weights.touched_layers:
-                self._qcopy.sync(self._weights.touched_layers)
+            if self._stack.weights.touched_layers:
+                self._qcopy.sync(self._stack.weights.touched_layers)
         return self._qcopy
 
     def _sync_query_copy(self, layers) -> None:
@@ -478,16 +556,20 @@ class Session:
         return f"Session({str(self.path)!r}, model={self.header.model.name!r}, commits={len(self.active_commits())}, queue={len(self.queue)})"
 
 
-def _refuse_foreign_folder(folder: SessionFolder) -> None:
-    if folder.path.exists() and not folder.exists() and any(folder.path.iterdir()):
-        raise SessionError(f"{folder.path} is a non-empty folder that is not a session", hint="pick another name or path")
-
-
 def _settings(model, method, layers, device, dtype, corpus, seed, query_quant, hparams, load="none") -> Settings:
+    """Settings from a program's arguments, checked (``UsageError`` naming the bad one)."""
     return Settings(model=model, method=method, layers=tuple(layers) if layers is not None else None, device=device,
-                    dtype=dtype, corpus=corpus, seed=int(seed), query_quant=query_quant,
+                    dtype=dtype, corpus=corpus, seed=seed, query_quant=query_quant,
                     hparams=hparams.to_dict() if hparams is not None and not isinstance(hparams, dict) else hparams,
-                    load=load)
+                    load=load).check()
+
+
+def _check_same_load(folder: SessionFolder, settings: Settings, load: str) -> None:
+    from kedit import choices
+
+    if choices.quant_mode(load, "--load") != settings.load:
+        raise UsageError(f"session {folder.path} was started with --load {settings.load}, not {load}",
+                         hint="the load mode of a session is fixed; start a new session for another")
 
 
 def _load_session_model(settings: Settings, name: str, device, dtype, keep_layers=()):
@@ -523,22 +605,33 @@ def _check_full_precision(lm, layers, load: str) -> None:
                          hint="start a new session with --load and the --layers to edit")
 
 
-def _hparams_for(settings: Settings, header: JournalHeader | None, lm):
-    """The next commit's hyper-parameters: explicit ones from the settings, else the preset."""
+def _hparams_for(folder: SessionFolder, settings: Settings, header: JournalHeader | None, lm):
+    """The next commit's hyper-parameters: explicit ones from the settings, else the preset.
+
+    Settings that do not fit the loaded model (layers it lacks, say) are an error naming
+    ``session.json`` and how to change them, never a traceback."""
+    from kedit import choices
     from kedit.editing import HParams, arch, preset
 
     n = arch.num_layers(lm.model)
-    if settings.hparams is not None:
-        hp = HParams.from_dict(settings.hparams)
-    else:
-        hp = preset(settings.model, settings.method, num_layers=n)
-        if settings.layers is not None:
-            hp = dataclasses.replace(hp, layers=tuple(settings.layers))
-        if header is not None:  # keep the statistics settings the session started with (same C0)
-            hp = dataclasses.replace(hp, stats_tokens=header.hparams["stats_tokens"],
-                                     stats_seq_len=header.hparams["stats_seq_len"],
-                                     n_prefixes=header.hparams["n_prefixes"], prefix_len=header.hparams["prefix_len"])
-    base_model.check_layers(hp.layers, n)
+    hint = f"change them with 'kedit settings {folder.path} --layers N' (layers 0..{n - 1})"
+    try:
+        if settings.hparams is not None:
+            hp = HParams.from_dict(settings.hparams)
+        else:
+            hp = preset(settings.model, settings.method, num_layers=n)
+            if settings.layers is not None:
+                hp = dataclasses.replace(hp, layers=tuple(settings.layers))
+            if header is not None:  # keep the statistics settings the session started with (same C0)
+                hp = dataclasses.replace(hp, stats_tokens=header.hparams["stats_tokens"],
+                                         stats_seq_len=header.hparams["stats_seq_len"],
+                                         n_prefixes=header.hparams["n_prefixes"], prefix_len=header.hparams["prefix_len"])
+        choices.check_layers(hp.layers, n)
+    except UsageError as exc:
+        raise UsageError(f"{folder.settings_file}: {exc}", hint=hint) from None
+    except (TypeError, KeyError, ValueError) as exc:
+        raise SessionError(f"{folder.settings_file}: the hyper-parameters ('hparams') are not valid ({exc})",
+                           hint="fix the file, or choose the method again with 'kedit settings SESSION --method M'") from None
     return hp
 
 

@@ -3,7 +3,8 @@
 ``deltas/NNNN.safetensors`` (NNNN = the commit's journal ``seq``) holds ``layer{l}.U`` (d_out×E)
 and ``layer{l}.V`` (d_in×E) in float32 for every edited layer, with the module names in the
 metadata. Written through a temp file, fsync and rename *before* the journal line that names it,
-so a delta file without a journal line is an orphan from an interrupted commit (``orphans``).
+so a delta file without a journal line is an orphan from an interrupted commit (``orphans``),
+removed by the next writer that holds the session's locks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 from kedit.errors import JournalError
@@ -33,15 +33,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def test_pause(point: str) -> None:
-    """Test hook: with ``KEDIT_TEST_PAUSE_AT=point`` announce it on stderr and wait (to be killed)."""
-    if os.environ.get("KEDIT_TEST_PAUSE_AT") == point:
-        import sys
-
-        print(f"kedit-test: paused at {point}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("KEDIT_TEST_PAUSE_SECONDS", "60")))
-
-
 def write_deltas(folder: Path, seq: int, deltas) -> tuple[str, str]:
     """Write one commit's deltas; returns (relative file name, sha256)."""
     from safetensors.torch import save_file
@@ -58,7 +49,6 @@ def write_deltas(folder: Path, seq: int, deltas) -> tuple[str, str]:
     save_file(tensors, str(tmp), metadata={"kedit": "delta", "modules": json.dumps(modules), "order": json.dumps([d.layer for d in deltas])})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    test_pause("delta-tmp")
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return rel, file_sha256(path)

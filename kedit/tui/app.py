@@ -6,6 +6,12 @@ export) runs in a thread worker (``@work(thread=True, exclusive=True)``) that po
 from ``kedit.tui.messages`` back; a worker's exception becomes a notification, never a crash.
 Esc during a commit sets the commit's ``should_stop`` flag: the session stops before any weight
 changes and nothing is written.
+
+Other processes may change the session while the TUI is open (``kedit add`` from another
+terminal, a ``kedit commit``): once a second the app looks at the size and time of the session's
+files, re-reads the queue when it changed and, when the journal changed, lets the session catch up
+(applying the other process's stored deltas) in a worker. The queue needs no model: facts can be
+queued while the model is still loading.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from kedit.tui.messages import (
     QueryAnswered,
     QueueChanged,
     SessionReady,
+    SessionSynced,
     UndoFinished,
     WorkFailed,
 )
@@ -99,6 +106,8 @@ class KeditApp(App):
         self.last_prompt: str | None = None
         self.query_seq = 0
         self._stop: threading.Event | None = None
+        self.early_queue = None  # the folder's queue until the session has loaded (SessionQueue)
+        self._seen_files: tuple = ()
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -124,6 +133,13 @@ class KeditApp(App):
         return self.query_one(LogPane)
 
     @property
+    def queue(self):
+        """The queue the person works on: the session's, or the folder's while the model loads."""
+        if self.loading_session or self.session is None:
+            return self.early_queue
+        return self.session.queue_handle
+
+    @property
     def status(self) -> StatusLine:
         return self.query_one(StatusLine)
 
@@ -138,10 +154,13 @@ class KeditApp(App):
             self._session_ready(self.session)
         else:
             self._start_loading(self.target or "default")
+        self.set_interval(1.0, self.poll_files)
 
     # -- loading a session --------------------------------------------------------------------
 
     def _start_loading(self, target: str) -> None:
+        self.early_queue = self._folder_queue(target)
+        self.queue_pane.set_queue(self.early_queue)
         self.loading_session = True
         self.status.show_loading(f"{target} (model {self.open_args.get('model') or 'from the session'})…")
         self._set_loading(True)
@@ -164,6 +183,23 @@ class KeditApp(App):
         else:
             self.post_message(SessionReady(session))
 
+    def _folder_queue(self, target: str):
+        """The queue of ``target``'s folder (no model needed); a session it creates gets the
+        settings the TUI was started with. None when the target cannot be a session."""
+        from kedit.session.folder import SessionFolder, resolve
+        from kedit.session.queue_view import SessionQueue
+        from kedit.session.settings import Settings
+
+        a = self.open_args
+        try:
+            folder = SessionFolder(resolve(target))
+            settings = Settings(model=a.get("model") or "default", method=a.get("method") or "emmet",
+                                layers=a.get("layers"), device=a.get("device"), dtype=a.get("dtype"),
+                                query_quant=a.get("query_quant") or "none", load=a.get("load") or "none").check()
+            return SessionQueue(folder, create_with=settings)
+        except KeditError:
+            return None  # the loading worker reports the problem
+
     def on_session_ready(self, message: SessionReady) -> None:
         self._session_ready(message.session)
 
@@ -171,7 +207,9 @@ class KeditApp(App):
         self.session = session
         self.loading_session = False
         self._set_loading(False)
-        self.queue_pane.set_session(session)
+        session.queue_handle.refresh()  # facts queued while it loaded
+        self.queue_pane.set_queue(session.queue_handle)
+        self.early_queue = None
         self.refresh_journal()
         self.sub_title = session.name
         if self.last_prompt:  # another session was opened: ask its model the same prompt
@@ -196,6 +234,46 @@ class KeditApp(App):
         if self.exporting:
             return "an export is running"
         return None
+
+    # -- changes made by other processes ------------------------------------------------------
+
+    def _folder(self):
+        q = self.queue
+        return q.folder if q is not None else None
+
+    def poll_files(self) -> None:
+        """Once a second: when a session file changed size or time, show what another process did."""
+        folder = self._folder()
+        if folder is None:
+            return
+        seen = _file_marks(folder)
+        if seen == self._seen_files:
+            return
+        self._seen_files = seen
+        if self.queue is not None and self.queue is self.early_queue:
+            self.queue.refresh()
+            self.queue_pane.refresh_queue()
+        elif self.session is not None and not self.committing:
+            self._sync_worker()  # journal (other commits' deltas), settings and queue
+
+    @work(thread=True, exclusive=True, group="sync", exit_on_error=False)
+    def _sync_worker(self) -> None:
+        try:
+            changed = self.session.refresh()
+        except BaseException as exc:  # noqa: BLE001
+            self.post_message(WorkFailed("sync", exc))
+        else:
+            self.post_message(SessionSynced(changed))
+
+    def on_session_synced(self, message: SessionSynced) -> None:
+        if not message.changed:
+            return
+        self.queue_pane.refresh_queue()
+        self.queue_pane.validate_form()
+        if not self.committing:
+            self.refresh_journal()
+        if self.last_prompt and not self.committing:
+            self.run_query(self.last_prompt)  # another process's commit may change the answer
 
     # -- bindings -----------------------------------------------------------------------------
 
@@ -223,14 +301,14 @@ class KeditApp(App):
     # -- the queue ---------------------------------------------------------------------------
 
     def change_queue(self, kind: str, label: str, change) -> None:
-        """Run ``change(session)`` (add/replace/remove/...) off the UI thread: the session's lock
-        may be held by a running query for a moment, and the UI must not wait for it."""
-        self._queue_worker(kind, label, change)
+        """Run ``change(queue)`` (add/replace/remove/...) off the UI thread: another process may
+        hold the folder's lock for a moment, and the UI must not wait for it."""
+        self._queue_worker(kind, label, change, self.queue)
 
     @work(thread=True, group="queue", exit_on_error=False)
-    def _queue_worker(self, kind: str, label: str, change) -> None:
+    def _queue_worker(self, kind: str, label: str, change, queue) -> None:
         try:
-            change(self.session)
+            change(queue)
         except BaseException as exc:  # noqa: BLE001
             self.post_message(QueueChanged(kind, label, exc))
         else:
@@ -451,8 +529,10 @@ class KeditApp(App):
 
         def go(method: str | None) -> None:
             if method:
-                layers = self.session.hparams.layers if method == "memit" else None
-                self._set_method(method, layers)
+                # a one-layer method after several layers: back to its preset's layer (the
+                # notification says which); otherwise the chosen layers stay
+                several = len(self.session.hparams.layers) > 1 and method != "memit"
+                self._set_method(method, None, preset_layers=several)
 
         self.push_screen(ChooseScreen("Method", METHOD_CHOICES, self.session.hparams.method), go)
 
@@ -465,18 +545,20 @@ class KeditApp(App):
         def go(text: str | None) -> None:
             if not text:
                 return
+            from kedit.choices import parse_layers
+
             try:
-                layers = tuple(int(x) for x in text.replace(" ", ",").split(",") if x)
-            except ValueError:
-                self.notify(f"layers must be numbers like 4 or 4,5,6; got {text!r}", severity="error")
+                layers = parse_layers(text)
+            except KeditError as exc:
+                self.notify(error_text(exc), severity="error")
                 return
             self._set_method(self.session.hparams.method, layers)
 
         self.push_screen(AskScreen("Layers", "Layer(s) the next commits edit, e.g. 4 or 4,5,6:", now), go)
 
-    def _set_method(self, method: str, layers) -> None:
+    def _set_method(self, method: str, layers, preset_layers: bool = False) -> None:
         try:
-            self.session.set_method(method, layers)
+            self.session.set_method(method, layers, preset_layers)
         except KeditError as exc:
             self.notify(error_text(exc), title="settings", severity="error", timeout=8)
             return
@@ -502,8 +584,8 @@ class KeditApp(App):
         self.push_screen(AskScreen("Open session", "Session name or folder (created when new):"), go)
 
     def action_load_facts(self) -> None:
-        if self.busy:
-            self.notify(self.busy, severity="warning")
+        if self.queue is None:
+            self.notify(self.busy or "no session is open", severity="warning")
             return
 
         def go(path: str | None) -> None:
@@ -516,22 +598,22 @@ class KeditApp(App):
             except KeditError as exc:
                 self.notify(error_text(exc), title="load facts", severity="error", timeout=10)
                 return
-            self.change_queue("load", f"queued {len(facts)} fact(s) from {path}", lambda s: s.add_many(facts))
+            self.change_queue("load", f"queued {len(facts)} fact(s) from {path}", lambda q: q.add_many(facts))
 
         self.push_screen(AskScreen("Load facts", "A .jsonl or .csv file of facts (subject, prompt, target):"), go)
 
     def action_clear_queue(self) -> None:
-        if self.busy:
-            self.notify(self.busy, severity="warning")
+        if self.queue is None:
+            self.notify(self.busy or "no session is open", severity="warning")
             return
-        n = len(self.session.queue)
+        n = len(self.queue.facts)
         if not n:
             self.notify("the queue is already empty")
             return
 
         def go(yes: bool | None) -> None:
             if yes:
-                self.change_queue("clear", f"dropped {n} queued fact(s)", lambda s: s.clear_queue())
+                self.change_queue("clear", f"dropped {n} queued fact(s)", lambda q: q.clear_queue())
 
         self.push_screen(ConfirmScreen(f"Drop the {n} queued fact(s)?"), go)
 
@@ -555,3 +637,15 @@ class KeditApp(App):
         elif self.session is not None:
             self.status.show_session(self.session)
         self.notify(error_text(message.error), title=f"{message.action} failed", severity="error", timeout=12)
+
+
+def _file_marks(folder) -> tuple:
+    """(size, mtime) of the journal, the queue and the settings: cheap to take once a second."""
+    marks = []
+    for p in (folder.journal_file, folder.queue_file, folder.settings_file):
+        try:
+            st = p.stat()
+            marks.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            marks.append(None)
+    return tuple(marks)

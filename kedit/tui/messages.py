@@ -21,6 +21,13 @@ class SessionReady(Message):
 
 
 @dataclass
+class SessionSynced(Message):
+    """The session caught up with what other processes wrote (``changed``: there was something)."""
+
+    changed: bool
+
+
+@dataclass
 class QueryAnswered(Message):
     """The model's answer to query number ``seq``."""
 

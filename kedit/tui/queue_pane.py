@@ -1,9 +1,11 @@
 """The fact queue pane: a three-field form with inline validation, and the queued facts.
 
-The queue itself lives in the session (``Session.add/remove/replace/check``); this pane only
-reads ``session.queue`` and forwards what the person types. Validation runs on every keystroke
-(``Fact.from_text`` plus ``Session.check`` for duplicates and conflicts with the queue), so a bad
-fact is reported at once rather than on commit.
+The queue itself lives in the session folder (``kedit.session.queue_view.SessionQueue``: it needs
+no model, so facts can be queued while the model is still loading, and changes are made under the
+folder's lock, so facts another process queues are kept); this pane only reads ``queue.facts`` and
+forwards what the person types. Validation runs on every keystroke (``Fact.from_text`` plus
+``SessionQueue.check`` for duplicates and conflicts with the queue), so a bad fact is reported at
+once rather than on commit.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def short_error(exc: KeditError) -> str:
 
 
 class QueuePane(Vertical):
-    """Form + table over ``session.queue``."""
+    """Form + table over a ``SessionQueue``."""
 
     BORDER_TITLE = "Queue"
 
@@ -40,7 +42,7 @@ class QueuePane(Vertical):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.session = None
+        self.queue = None  # kedit.session.queue_view.SessionQueue
         self.editing: int | None = None  # queue index the form is editing, if any
         self.last_error: str | None = None  # what the message line shows when the form is invalid
 
@@ -64,8 +66,12 @@ class QueuePane(Vertical):
 
     # -- session ------------------------------------------------------------------------------
 
-    def set_session(self, session) -> None:
-        self.session = session
+    def set_queue(self, queue) -> None:
+        """Show ``queue`` (a ``SessionQueue``: the session's, or the folder's while it loads)."""
+        if queue is self.queue:
+            self.refresh_queue()
+            return
+        self.queue = queue
         self.editing = None  # an edit in progress belonged to the previous session's queue
         self.remove_class("-editing")
         self.refresh_queue()
@@ -75,7 +81,7 @@ class QueuePane(Vertical):
         table = self.query_one("#queue-table", DataTable)
         keep = table.cursor_row
         table.clear()
-        queue = self.session.queue if self.session is not None else ()
+        queue = self.queue.facts if self.queue is not None else ()
         for i, f in enumerate(queue):
             table.add_row(str(i + 1), f.subject, f.target, f.prompt, key=str(i))
         if queue:
@@ -112,19 +118,16 @@ class QueuePane(Vertical):
             return None
         self.last_error = None
         verb = f"replace #{self.editing + 1}" if self.editing is not None else "queue"
-        if self.session is None:
-            self._show_message("✓ valid (the model is still loading)", "-ok")
-        else:
-            self._show_message(f"✓ Enter to {verb}: {fact.prompt} → {fact.target}", "-ok")
+        self._show_message(f"✓ Enter to {verb}: {fact.prompt} → {fact.target}", "-ok")
         return fact
 
     def _check(self, fact: Fact) -> int | None:
         """Raise if the session refuses ``fact``; the index of an identical queued fact, if any."""
-        if self.session is None:
+        if self.queue is None:
             return None
-        queue = list(self.session.queue)
+        queue = list(self.queue.facts)
         if self.editing is None:
-            self.session.check(fact)
+            self.queue.check(fact)
         else:
             from kedit.session.queue import check_against
 
@@ -164,15 +167,14 @@ class QueuePane(Vertical):
 
     def submit_fact(self, fact: Fact) -> bool:
         """Add (or replace, when editing) ``fact`` in the session's queue (in a worker)."""
-        busy = getattr(self.app, "busy", None) or (None if self.session else "the session is still loading")
-        if busy:
-            self.app.notify(f"{busy}; the fact stays in the form", severity="warning")
+        if self.queue is None:
+            self.app.notify("no session is open; the fact stays in the form", severity="warning")
             return False
         if self.editing is not None:
             index = self.editing
-            self.app.change_queue("replace", f"#{index + 1} → {fact.label}", lambda s: s.replace(index, fact))
+            self.app.change_queue("replace", f"#{index + 1} → {fact.label}", lambda q: q.replace(index, fact))
         else:
-            self.app.change_queue("add", fact.label, lambda s: s.add(fact))
+            self.app.change_queue("add", fact.label, lambda q: q.add(fact))
         self._show_message("queuing…", "")
         return True
 
@@ -196,23 +198,20 @@ class QueuePane(Vertical):
 
     def delete_selected(self) -> None:
         table = self.query_one("#queue-table", DataTable)
-        if self.session is None or not self.session.queue:
-            return
-        if getattr(self.app, "busy", None):
-            self.app.notify(self.app.busy, severity="warning")
+        if self.queue is None or not self.queue.facts:
             return
         index = table.cursor_row
-        fact = self.session.queue[index]
+        fact = self.queue.facts[index]
         if self.editing is not None:
             self.action_cancel_edit()
-        self.app.change_queue("remove", fact.label, lambda s: s.remove(index))
+        self.app.change_queue("remove", fact.label, lambda q: q.remove(index))
 
     def edit_selected(self) -> None:
         table = self.query_one("#queue-table", DataTable)
-        if self.session is None or not self.session.queue:
+        if self.queue is None or not self.queue.facts:
             return
         index = table.cursor_row
-        f = self.session.queue[index]
+        f = self.queue.facts[index]
         self.editing = index
         self.add_class("-editing")
         self.set_form(f.subject, f.prompt, f.target)

@@ -12,9 +12,9 @@ import logging
 
 import torch
 
+from kedit.choices import QUANT_MODES, quant_mode  # noqa: F401 (QUANT_MODES: one list, in kedit.choices)
 from kedit.errors import DeviceError, MissingDependencyError, UsageError
 
-QUANT_MODES = ("none", "int8", "nf4")
 MIN_BNB_CUDA = (0, 45)  # transformers' own minimum for 4-bit/8-bit loading
 MIN_BNB_CPU = (0, 46)  # first release whose default build has the CPU backend
 HEAD = "lm_head"  # name of the output projection in every supported family (tied or not)
@@ -25,13 +25,8 @@ _INSTALL_HINT = "pip install 'bitsandbytes>=0.46' (CUDA or CPU), or run with --q
 
 
 def normalize_mode(mode: str | None, option: str = "--query-quant") -> str:
-    """``none``/``int8``/``nf4`` (``None`` and ``""`` mean ``none``); anything else is a usage error."""
-    m = (mode or "none").strip().lower()
-    aliases = {"off": "none", "fp": "none", "full": "none", "8bit": "int8", "4bit": "nf4"}
-    m = aliases.get(m, m)
-    if m not in QUANT_MODES:
-        raise UsageError(f"unknown {option} mode {mode!r}", hint=f"choose one of {', '.join(QUANT_MODES)}")
-    return m
+    """``none``/``int8``/``nf4`` (``None``, ``""`` and ``off`` mean ``none``); anything else is a usage error."""
+    return quant_mode(mode, option)
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
