@@ -438,7 +438,7 @@ def test_commits_record_the_heldout_nll_and_a_large_move_is_flagged(tmp_path, ti
     assert d.flagged == (d.step > s.settings.drift_threshold)
     # the threshold is the session's setting: a tiny one flags any move
     folder = SessionFolder(s.path)
-    folder.write_settings(dataclasses.replace(folder.read_settings(), drift_threshold=-1.0))
+    folder.change_settings(lambda st: dataclasses.replace(st, drift_threshold=-1.0))
     again = Session.open(s.path)
     assert again.drift(e).flagged
     assert read_journal(s.journal_path).entries[-1].heldout_nll == e.heldout_nll
