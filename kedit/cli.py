@@ -32,35 +32,74 @@ from kedit.commands import tui_cmd  # noqa: E402,F401
 
 def report(exc: KeditError) -> int:
     """Print a user error as one line (plus a hint) and return its exit code."""
-    from rich.console import Console
+    from kedit import show
 
-    err = Console(stderr=True, highlight=False)
-    err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+    err = show.console(stderr=True)
+    err.print(f"[bold red]error:[/] {show.markup(exc)}", markup=True)  # the message may quote user text
     if exc.hint:
-        err.print(f"[dim]hint:[/] {exc.hint}", markup=True, soft_wrap=True)
+        err.print(f"[dim]hint:[/] {show.markup(exc.hint)}", markup=True)
     return exc.exit_code
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The ``kedit`` entry point: run the command line and exit with its code."""
+    sys.exit(run(sys.argv[1:] if argv is None else list(argv)))
+
+
+def run(args: list[str]) -> int:
+    """Run one command line in this process; returns its exit code (tests call this directly)."""
     debug = os.environ.get("KEDIT_DEBUG") == "1"
     try:
+        check_arguments(args)
         # Not standalone: click returns the code of a typer.Exit instead of exiting.
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        code = app(args=args, prog_name="kedit", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except KeditError as exc:
         if debug:
             raise
-        sys.exit(report(exc))
+        return report(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except typer.Exit as exc:  # raised by commands to set the code
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer.Abort:
-        sys.exit(130)
+        return 130
+    except OSError as exc:  # the file system said no (disk full, permissions, ...): not a kedit bug
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        return report(KeditError(f"{exc.strerror or exc}{where}", hint="KEDIT_DEBUG=1 shows where it happened"))
     except Exception as exc:  # the command line's own usage errors (typer vendors click)
-        show = getattr(exc, "show", None)
-        if isinstance(exc, typer.TyperException) and callable(show):
-            show()
-            sys.exit(getattr(exc, "exit_code", 2))
+        if isinstance(exc, typer.TyperException) and callable(getattr(exc, "show", None)):
+            import io
+
+            from kedit.show import terminal_safe
+
+            text = io.StringIO()
+            exc.show(file=text)  # it quotes the argument as typed: no raw control characters
+            sys.stderr.write(terminal_safe(text.getvalue()))
+            return getattr(exc, "exit_code", 2)
         raise
+
+
+def check_arguments(args: list[str]) -> None:
+    """Refuse arguments that are not UTF-8 text before any command runs (nothing is created)."""
+    for a in args:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+            from kedit.errors import UsageError
+            from kedit.show import visible
+
+            shown = visible("".join(_byte_or_char(c) for c in a))
+            raise UsageError(f"the argument '{shown}' is not UTF-8 text", hint="kedit reads its arguments as UTF-8") from None
+
+
+def _byte_or_char(c: str) -> str:
+    """A character of an argument; a byte that was not UTF-8 (a surrogate escape) as ``\\xNN``."""
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    if "\ud800" <= c <= "\udfff":
+        return f"\\u{ord(c):04x}"
+    return c

@@ -39,6 +39,8 @@ class Fact:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fact":
+        if not isinstance(d, dict):
+            raise InvalidFactError(f"a fact must be an object with subject, prompt and target, not {type(d).__name__} {d!r:.60}")
         missing = [k for k in ("subject", "prompt", "target") if not isinstance(d.get(k), str)]
         if missing:
             raise InvalidFactError(f"fact {d!r} lacks the text field(s): {', '.join(missing)}")
@@ -58,6 +60,11 @@ class Fact:
     def validate(self) -> None:
         """Raise ``InvalidFactError`` naming the fact when it cannot be edited."""
         name = f"fact ({self.subject!r}, {self.prompt!r}, {self.target!r})"
+        for field in ("subject", "prompt", "target"):
+            try:
+                getattr(self, field).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (a JSON "\ud800" escape, bytes that were not UTF-8)
+                raise InvalidFactError(f"{name}: the {field} is not valid Unicode text") from None
         if not self.subject:
             raise InvalidFactError(f"{name}: the subject is empty")
         if not self.target:
@@ -105,8 +112,4 @@ def validate_batch(facts: list[Fact]) -> list[Fact]:
             f"conflicting facts in one batch: {a.text!r} → {a.target!r} and → {b.target!r}{more}",
             hint="keep one target per subject and prompt",
         )
-    unique: list[Fact] = []
-    for f in facts:
-        if f not in unique:
-            unique.append(f)
-    return unique
+    return list(dict.fromkeys(facts))  # first occurrence of each, in order (linear)

@@ -140,3 +140,15 @@ def test_candidate_types_start_with_the_source_type_when_numpy_can_write_it():
     assert [plan_name(p) for p in candidates({1: Q.Q4_1, 2: Q.Q4_1})] == ["Q4_1", "Q8_0", "F16", "F32"]
     assert [plan_name(p) for p in candidates({1: Q.Q8_0})] == ["Q8_0", "F16", "F32"]
     assert [plan_name(p) for p in candidates({1: Q.Q6_K, 2: Q.Q4_1})] == ["Q8_0", "F16", "F32"]  # no numpy Q6_K writer
+
+
+def test_a_damaged_gguf_model_is_one_clear_error(tmp_path, monkeypatch):
+    from kedit.editing import load_model
+    from kedit.errors import ModelNotFoundError
+
+    monkeypatch.setenv("KEDIT_CACHE_DIR", str(tmp_path / "cache"))
+    junk = tmp_path / "broken.gguf"
+    junk.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelNotFoundError, match="cannot read .*broken.gguf as a GGUF model"):
+        load_model(str(junk), device="cpu", dtype="float32")
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-converted is cached

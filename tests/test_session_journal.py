@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -77,11 +78,19 @@ def test_torn_last_line_is_reported_then_repaired(journal):
     assert truncate_torn_line(journal) is None  # intact: nothing to do
 
 
-def test_complete_json_without_newline_is_torn_too(journal):
+def test_complete_last_line_without_newline_is_whole(journal):
+    """An editor or ``truncate -s -1`` takes the final newline: the line is whole, not torn."""
     good = journal.read_bytes()
-    journal.write_bytes(good + json.dumps(commit(4).to_dict()).encode())
-    with pytest.raises(CorruptJournalError, match="torn"):
-        read_journal(journal)
+    journal.write_bytes(good[:-1])
+    assert read_journal(journal) == read_journal_bytes(journal.parent / "again.jsonl", good)
+    assert truncate_torn_line(journal) is None and journal.read_bytes() == good[:-1]  # nothing to repair
+    append_entry(journal, commit(4, fp="4" * 32))  # the newline comes back first, in the same write
+    assert journal.read_bytes().startswith(good) and [e.seq for e in read_journal(journal).entries] == [1, 2, 3, 4]
+
+
+def read_journal_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return dataclasses.replace(read_journal(path), path=path.parent / "journal.jsonl")
 
 
 def test_corrupt_middle_line_is_an_error_and_not_repairable(journal):

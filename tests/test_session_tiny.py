@@ -255,11 +255,13 @@ def test_replay_refuses_another_base_and_names_the_first_mismatch(tmp_path, tiny
     from kedit.editing import model_fingerprint
 
     assert model_fingerprint(load_model(str(other), device="cpu", dtype="float32").model) in str(exc.value)
-    # a journal whose recorded fingerprint is wrong: --verify names the entry
+    # a journal whose recorded fingerprint is wrong (its chain made anew, as a faulty writer would): --verify names the entry
+    from kedit.session.journal import chained
+
     lines = s.journal_path.read_text().splitlines()
     entry = json.loads(lines[1])
     entry["fingerprint"] = "0" * 32
-    lines[1] = json.dumps(entry)
+    lines[1] = json.dumps(chained(entry, entry["prev"]))
     s.journal_path.write_text("\n".join(lines) + "\n")
     with pytest.raises(VerificationError, match=r"entry #1 .* journal recorded 0{32}"):
         replay(s.journal_path, verify=True)

@@ -40,7 +40,7 @@ async def test_type_a_fact_and_see_it_queued(session):
         assert session.queue == (Fact("Eiffel Tower", "The {} is located in the city of", "London"),)
         table = app.query_one("#queue-table")
         assert table.row_count == 1
-        assert list(table.get_row_at(0)) == ["1", "Eiffel Tower", "London", "The {} is located in the city of"]
+        assert [str(c) for c in table.get_row_at(0)] == ["1", "Eiffel Tower", "London", "The {} is located in the city of"]
         assert app.queue_pane.form_values() == ("", "", "")  # the form is cleared for the next fact
         assert app.focused.id == "subject"
 

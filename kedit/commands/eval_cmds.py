@@ -64,7 +64,9 @@ class _Setup:
             torch.set_num_threads(threads)
         err = _err()
         if not quiet:
-            err.print(f"[dim]loading {model} …[/]")
+            from kedit.show import markup
+
+            err.print(f"[dim]loading {markup(model)} …[/]", markup=True)
         self.lm = load_model(model, device=device, dtype=dtype)
         self.model, self.tok = self.lm.model, self.lm.tokenizer
         hp = preset(model, method, num_layers=arch.num_layers(self.model))
@@ -76,7 +78,7 @@ class _Setup:
         self.hparams, self.seed, self.corpus, self.cache = hp, seed, corpus, cache_dir()
         self.fingerprint = model_fingerprint(self.model)
         if not quiet:
-            err.print("[dim]sampling context prefixes …[/]")
+            err.print("[dim]sampling context prefixes …[/]", markup=True)
         self.prefixes = tuple(sample_prefixes(self.model, self.tok, hp.n_prefixes, hp.prefix_len, seed))
         self.name = model
 
@@ -100,9 +102,9 @@ class _Setup:
 
 
 def _err():
-    from rich.console import Console
+    from kedit import show
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return show.console(stderr=True)  # user text (model names, paths): no markup unless asked
 
 
 class _Bar:
@@ -126,7 +128,7 @@ class _Bar:
 
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("[dim]{task.fields[detail]}"),
+                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[detail]}", style="dim", markup=False),
                 console=_err(), transient=False,
             )
             self.progress.__enter__()
@@ -179,7 +181,7 @@ def _emit(obj: dict) -> None:
 
 def _finish(interrupted: bool) -> None:
     if interrupted:
-        _err().print("[yellow]interrupted:[/] the figures above cover what was measured before Ctrl-C")
+        _err().print("[yellow]interrupted:[/] the figures above cover what was measured before Ctrl-C", markup=True)
         sys.exit(130)  # not typer.Exit: click returns its code instead of exiting when not standalone
 
 
@@ -237,7 +239,7 @@ def eval_cmd(
     if as_json:
         _emit({"settings": settings, **res.to_dict(), "wall_seconds": time.perf_counter() - started})
     else:
-        from rich.console import Console
+        from kedit.show import console
 
         cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA", "GE", "GP", "GN")
         e, b = res.metrics, res.baseline_metrics
@@ -249,7 +251,7 @@ def eval_cmd(
             rows.append(["fluency", _num(ed.get("fluency")), _num(un["fluency"])])
             rows.append(["held-out ppl", _num(math.exp(ed["heldout_nll"]), 2) if ed else "—",
                          _num(math.exp(un["heldout_nll"]), 2)])
-        out = Console(highlight=False)
+        out = console()
         mode = ("sequential-batched" if sequential else "batch (fresh weights per batch)") + (", as chat" if chat else "")
         out.print(_table(f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}, {len(res.records)} records, "
                          f"batch {batch_size}, {mode}", ["metric", "edited", "unedited"], rows))
@@ -273,9 +275,9 @@ def _show_experiment(exp, title: str, plot_path: Path | None, plot_fn, settings:
     if as_json:
         _emit({"settings": settings, **exp.to_dict(), "plot": saved})
         return
-    from rich.console import Console
+    from kedit.show import console
 
-    out = Console(highlight=False)
+    out = console()
     out.print(_table(title, ["run", "ES", "PS", "NS", "S", "EM", "PM", "NM", "s/fact"], table_rows(exp)))
     out.print(text_chart(exp))
     if saved:

@@ -41,19 +41,29 @@ WaitOpt = Annotated[Optional[float], typer.Option(
 
 
 def _err_console():
-    from rich.console import Console
+    from kedit import show
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return show.console(stderr=True)  # user text in messages: no markup, control characters visible
 
 
 def _out_console():
-    from rich.console import Console
+    from kedit import show
 
-    return Console(highlight=False, soft_wrap=True)
+    return show.console()
+
+
+def _fact_line(f) -> str:
+    """A fact on one line, as the person typed it (control characters visible)."""
+    from kedit.show import visible
+
+    return f"{visible(f.text)} → {visible(f.target)}"
+
+
+_C1 = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}  # JSON escapes C0 itself; C1 would reach the terminal raw
 
 
 def _emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str).translate(_C1) + "\n")
     sys.stdout.flush()
 
 
@@ -78,7 +88,7 @@ class ProgressPrinter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
-                TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+                TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}", markup=False),
                 TimeElapsedColumn(), console=_err_console(), transient=False,
             )
             self._bar.__enter__()
@@ -203,10 +213,18 @@ def add_cmd(
     if as_json:
         _emit_json({"session": str(folder.path), "created": created, "added": added, "queue": _facts_json(state.facts)})
     else:
-        dup = len(facts) - added
-        _info(f"{'created session ' + str(folder.path) + '; ' if created else ''}queued {added} fact"
-              f"{'s' if added != 1 else ''}{f' ({dup} already queued)' if dup else ''}; "
-              f"{len(state.facts)} waiting for 'kedit commit {session}'")
+        same = len(facts) - added  # exact duplicates (of the queue or within the file) are kept once
+        dup = f" ({same} already queued)" if same and added else ""
+        what = f"queued {added} fact{'s' if added != 1 else ''}{dup}" if added else \
+            f"nothing added: {'the fact is' if len(facts) == 1 else 'every fact is'} queued already"
+        _info(f"{'created session ' + _shown(folder.path) + '; ' if created else ''}{what}; "
+              f"{len(state.facts)} waiting for 'kedit commit {_shown(session)}'")
+
+
+def _shown(p) -> str:
+    from kedit.show import visible
+
+    return visible(p)
 
 
 @app.command("queue", epilog=EXIT_CODES)
@@ -236,11 +254,13 @@ def queue_cmd(
         return
     from rich.table import Table
 
-    t = Table(title=f"queue of {folder.name}", title_justify="left")
+    from kedit.show import plain
+
+    t = Table(title=plain(f"queue of {folder.name}"), title_justify="left")
     for col in ("#", "subject", "prompt", "target"):
         t.add_column(col)
     for i, f in enumerate(state.facts, 1):
-        t.add_row(str(i), f.subject, f.text, f.target)
+        t.add_row(str(i), plain(f.subject), plain(f.text), plain(f.target))
     _out_console().print(t)
 
 
@@ -268,7 +288,9 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
         _emit_json({"session": str(folder.path), "header": j.header.to_dict(), "entries": [e.to_dict() for e in j.entries],
                     "active": sorted(active), "fingerprint": j.fingerprint, "queue": _facts_json(queue),
                     "drift": {str(k): {"since_base": d.since_base, "step": d.step, "flagged": d.flagged}
-                              for k, d in drift.items()}})
+                              for k, d in drift.items()},
+                    "problems": _delta_problems(folder, j)})
+        _check_delta_files(folder, j)
         return
     h = j.header
     out = _out_console()
@@ -284,13 +306,13 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
             out.print(f"#{e.seq} {e.time} commit {e.method} layers {','.join(map(str, e.layers))}: {len(e.facts)} fact(s), "
                       f"{hits}/{len(e.efficacy)} argmax, {e.timings.get('total', 0):.1f}s{health}{state}", markup=False)
             for f, sc in zip(e.facts, e.efficacy):
-                out.print(f"    {'✓' if sc.argmax else '✗'} {f.text} → {f.target}   P {sc.prob_before:.3f} → {sc.prob:.3f}",
-                          markup=False)
+                out.print(f"    {'✓' if sc.argmax else '✗'} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
         else:
-            out.print(f"#{e.seq} {e.time} undo of #{e.undoes}", markup=False)
+            out.print(f"#{e.seq} {e.time} undo of #{e.undoes}")
     for i, f in enumerate(queue, 1):
-        out.print(f"queued {i}: {f.text} → {f.target}", markup=False)
+        out.print(f"queued {i}: {_fact_line(f)}")
     out.print(f"{len(active)} active commit(s); fingerprint {j.fingerprint}; {len(queue)} queued fact(s)")
+    _check_delta_files(folder, j)
 
 
 @app.command("repair", epilog=EXIT_CODES)
@@ -300,33 +322,62 @@ def repair_cmd(
     wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Drop a torn last journal line left by a crash (the batch it described is lost)."""
+    """Drop a torn last journal line left by a crash (the batch it described is lost); check the delta files.
+
+    Only a last line that is not JSON at all is torn. Any other problem (a changed or damaged
+    line, a missing delta file) is named and nothing is changed.
+    """
     from kedit.errors import CorruptJournalError
-    from kedit.session.journal import read_journal, truncate_torn_line
+    from kedit.session.journal import read_journal, torn_last_line, truncate_torn_line
 
     folder = _folder(session)
+    if not folder.has_journal():
+        _repaired(folder, as_json, None, f"{folder.path} has no journal yet (no commit); nothing to repair")
+        return
     try:
         read_journal(folder.journal_file)
-        intact = True
-    except CorruptJournalError:
-        intact = False
-    if intact:
-        if as_json:
-            _emit_json({"session": str(folder.path), "repaired": False})
-        else:
-            _info(f"{folder.journal_file} is intact; nothing to repair")
-        return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("repair drops the torn last journal line", hint="pass --yes to confirm")
-        typer.confirm(f"drop the torn last line of {folder.journal_file}?", abort=True, err=True)
-    with folder.journal_lock("repairing the journal", wait), folder.folder_lock("repairing the journal", wait):
-        dropped = truncate_torn_line(folder.journal_file)
-        folder.remove_leftovers(read_journal(folder.journal_file))  # the rest must now read cleanly
+        torn = None
+    except CorruptJournalError as exc:
+        torn = torn_last_line(folder.journal_file)
+        if torn is None:  # not a torn write: repair has nothing it may drop
+            raise CorruptJournalError(f"not repaired: {exc}", hint=exc.hint) from None
+    if torn is not None:
+        what = torn.describe(folder.journal_file)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"repair would drop {what}", hint="pass --yes to confirm")
+            typer.confirm(f"drop {what}?", abort=True, err=True)
+        with folder.journal_lock("repairing the journal", wait), folder.folder_lock("repairing the journal", wait):
+            truncate_torn_line(folder.journal_file)  # checks again under the lock: only a torn end goes
+            folder.remove_leftovers(read_journal(folder.journal_file))
+    j = read_journal(folder.journal_file)  # the rest reads cleanly (checked before dropping anything)
+    dropped = torn.dropped.decode("utf-8", "replace") if torn else None
+    _repaired(folder, as_json, dropped, f"dropped {what}" if torn else f"{folder.journal_file} is intact; nothing to repair")
+    _check_delta_files(folder, j)
+
+
+def _repaired(folder, as_json: bool, dropped: str | None, message: str) -> None:
     if as_json:
-        _emit_json({"session": str(folder.path), "repaired": True, "dropped": dropped})
+        _emit_json({"session": str(folder.path), "repaired": dropped is not None, "dropped": dropped})
     else:
-        _info(f"dropped the torn last line of {folder.journal_file} ({len(dropped or '')} bytes)")
+        _info(message)
+
+
+def _delta_problems(folder, journal) -> list[str]:
+    from kedit.session.store import delta_problems
+
+    return delta_problems(folder.path, journal.commits())
+
+
+def _check_delta_files(folder, journal) -> None:
+    """Exit 5 naming every commit whose delta file is missing or changed (after the command's output)."""
+    from kedit.errors import JournalError
+
+    problems = _delta_problems(folder, journal)
+    if problems:
+        raise JournalError("; ".join(problems),
+                           hint="restore the session's deltas/ folder from a copy, or rebuild the model with "
+                           f"'kedit replay {folder.journal_file} --recompute --out DIR'")
 
 
 # -- the commands that load the model -----------------------------------------------------------
@@ -386,7 +437,7 @@ def commit_cmd(
                   f"(values {entry.timings.get('values', 0):.1f}s); {drift.describe()}")
         for f, sc in zip(entry.facts, entry.efficacy):
             mark = "✓" if sc.argmax else "✗"
-            out.print(f"  {mark} {f.text} → {f.target}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
+            out.print(f"  {mark} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
     if drift.flagged:
         from kedit.session.drift import undo_hint
 
@@ -530,6 +581,8 @@ def _print_answer(result, where: str, as_json: bool) -> None:
             "base_top": [{"token": t.token, "prob": t.prob} for t in result.base_top] if result.base_top else None,
         })
         return
+    from kedit import show
+
     out = _out_console()
     if result.chat:
         if result.system:
@@ -541,14 +594,14 @@ def _print_answer(result, where: str, as_json: bool) -> None:
     out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.top), markup=False)
     if result.base_continuation is not None:
         shown = f"assistant: {result.base_continuation}" if result.chat else f"{result.prompt}{result.base_continuation}"
-        out.print(f"  before the edits: {shown}", markup=False)
+        out.print(f"  before the edits: {show.visible(shown)}")
         out.print("  next: " + "  ".join(f"{t.token!r} {t.prob:.3f}" for t in result.base_top), markup=False)
 
 
 def _escape(text: str) -> str:
-    from rich.markup import escape
+    from kedit.show import markup
 
-    return escape(text)
+    return markup(text)
 
 
 def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none", chat: bool = False,

@@ -169,7 +169,11 @@ def open_checkpoint(path: str) -> Checkpoint:
 
 
 def check_target(out: Path) -> None:
-    """Refuse an export folder that exists and is not empty."""
+    """Refuse an export folder that exists and is not empty, or a place no folder can be made
+    (a kernel file system, under a file, not writable): checked before any model loads."""
+    from kedit.paths import check_new_place
+
+    check_new_place(out, "an export", ExportError)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(
             f"{out} exists and is not an empty folder; not writing into it",

@@ -42,7 +42,7 @@ def pick_device(device: str | None = None) -> torch.device:
     """``cuda`` when present, else ``cpu``; a named device is checked."""
     if choices.device_name(device) is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    dev = torch.device(device)  # spelled like a device: checked by choices.device_name
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r} requested but CUDA is not available here", hint="use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():

@@ -46,10 +46,14 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         raise UsageError("empty session name")
     p = Path(s).expanduser()
     if os.sep in s or "/" in s or s in (".", "..") or p.is_absolute():
-        return p.resolve()
-    if p.is_dir() and (p / SETTINGS_NAME).exists():
-        return p.resolve()
-    return (sessions_dir() / s).resolve()
+        out = p.resolve()
+    elif p.is_dir() and (p / SETTINGS_NAME).exists():
+        out = p.resolve()
+    else:
+        out = (sessions_dir() / s).resolve()
+    if out.exists() and not out.is_dir():
+        raise SessionError(f"{out} is a file, not a session folder", hint="give a session name or a folder")
+    return out
 
 
 def is_ours(name: str) -> bool:
@@ -154,8 +158,11 @@ class SessionFolder:
         return True
 
     def refuse_foreign(self) -> None:
+        from kedit.paths import check_new_place
+
         if self.path.exists() and not self.path.is_dir():
             raise SessionError(f"{self.path} is a file, not a session folder", hint="pick another name or path")
+        check_new_place(self.path, "a session", SessionError)  # a kernel file system, under a file, not writable
         if self.path.is_dir() and not self.exists() and any(not is_ours(p.name) for p in self.path.iterdir()):
             raise SessionError(f"{self.path} is a non-empty folder that is not a session", hint="pick another name or path")
 

@@ -82,6 +82,18 @@ def read_deltas(folder: Path, rel: str, sha256: str, seq: int):
         ]
 
 
+def delta_problems(folder: Path, commits) -> list[str]:
+    """What is wrong with the commits' delta files (missing, or not the recorded bytes); [] when all is well."""
+    out = []
+    for c in commits:
+        path = folder / c.delta_file
+        if not path.is_file():
+            out.append(f"commit #{c.seq}: its delta file {c.delta_file} is missing")
+        elif file_sha256(path) != c.delta_sha256:
+            out.append(f"commit #{c.seq}: its delta file {c.delta_file} was changed (its sha256 is not the journal's)")
+    return out
+
+
 def orphans(folder: Path, known: set[str]) -> list[Path]:
     """Delta files (and temp files) that no journal line names: leftovers of interrupted commits."""
     d = folder / "deltas"

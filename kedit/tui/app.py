@@ -27,6 +27,7 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Input
 
 from kedit.errors import EditCancelled, KeditError, UsageError
+from kedit.show import terminal_safe, visible
 from kedit.tui import journal_view as jv
 from kedit.tui.commands import KeditCommands
 from kedit.tui.log_pane import LogPane
@@ -108,6 +109,12 @@ class KeditApp(App):
         self._stop: threading.Event | None = None
         self.early_queue = None  # the folder's queue until the session has loaded (SessionQueue)
         self._seen_files: tuple = ()
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Every notification (the app's and its widgets'): plain text, since most quote user text
+        (facts, paths, error messages); control characters shown, never sent to the terminal."""
+        super().notify(terminal_safe(str(message)), title=visible(title), severity=severity, timeout=timeout, markup=False)
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -211,7 +218,7 @@ class KeditApp(App):
         self.queue_pane.set_queue(session.queue_handle)
         self.early_queue = None
         self.refresh_journal()
-        self.sub_title = session.name
+        self.sub_title = visible(session.name)
         if self.last_prompt:  # another session was opened: ask its model the same prompt
             self.run_query(self.last_prompt)
 

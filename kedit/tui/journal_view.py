@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
+from kedit.show import visible
+
 
 @dataclass(frozen=True)
 class Row:
@@ -73,8 +75,13 @@ def first_prompt(entry) -> str | None:
     return entry.facts[0].text if is_commit(entry) and entry.facts else None
 
 
+def fact_label(fact) -> str:
+    """A fact on one line as the person typed it (control characters visible)."""
+    return f"{visible(fact.text)} → {visible(fact.target)}"
+
+
 def fact_lines(entry) -> list[str]:
-    return [f.label for f in entry.facts] if is_commit(entry) else []
+    return [fact_label(f) for f in entry.facts] if is_commit(entry) else []
 
 
 def _layers(entry) -> str:
@@ -85,7 +92,7 @@ def view(entry, undone: set[int], drift=None) -> Row:
     """``drift``: the entry's ``session.drift.Drift`` (a flagged commit reads "commit ⚠")."""
     if is_commit(entry):
         facts = entry.facts
-        what = f"{facts[0].subject} → {facts[0].target}" if facts else "–"
+        what = f"{visible(facts[0].subject)} → {visible(facts[0].target)}" if facts else "–"
         if len(facts) > 1:
             what += f" (+{len(facts) - 1})"
         kind = "commit (undone)" if entry.seq in undone else ("commit ⚠" if drift is not None and drift.flagged else "commit")
@@ -114,7 +121,7 @@ def details(entry, undone: set[int] | None = None, drift=None) -> Text:
         t.append(f"λ {lam:g}\n", style="dim")
     t.append("\nfacts (P(target) before → after, ✓ = now the top answer):\n", style="bold")
     for i, f in enumerate(entry.facts):
-        t.append(f"  {i + 1}. {f.text} → {f.target}")
+        t.append(f"  {i + 1}. {fact_label(f)}")
         if i < len(entry.efficacy):
             s = entry.efficacy[i]
             mark, style = ("✓", "green") if s.argmax else ("✗", "red")

@@ -15,6 +15,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable
 
+from kedit.show import cell
 from kedit.tui import journal_view as jv
 
 
@@ -59,7 +60,7 @@ class LogPane(Vertical):
         undone = jv.undone_ids(self.entries)
         for e in self.entries:
             v = jv.view(e, undone, self.drifts.get(e.seq))
-            table.add_row(v.number, v.kind, v.facts, v.method, v.layers, v.time, v.efficacy)
+            table.add_row(*(cell(c) for c in (v.number, v.kind, v.facts, v.method, v.layers, v.time, v.efficacy)))
         if self.entries:
             table.move_cursor(row=0)
         commits = sum(1 for e in self.entries if jv.is_commit(e))

@@ -18,6 +18,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Static
 
+from kedit.show import terminal_safe
+
 
 def show_token(token: str) -> str:
     """A token as a person reads it: leading space as ``␣``, control characters escaped."""
@@ -34,12 +36,12 @@ def answer_text(result) -> Text:
     lead = "" if getattr(result, "chat", False) else "…"  # a chat answer stands alone
     if base is None:
         out.append("assistant " if lead == "" else "answer ", style="bold")
-        out.append(lead + result.continuation.rstrip(), style="bold")
+        out.append(lead + terminal_safe(result.continuation.rstrip()), style="bold")
         return out
     out.append("now    ", style="bold")
-    out.append(lead + result.continuation.rstrip(), style="bold green")
+    out.append(lead + terminal_safe(result.continuation.rstrip()), style="bold green")
     out.append("\nbefore ", style="bold")
-    out.append(lead + base.rstrip(), style="yellow")
+    out.append(lead + terminal_safe(base.rstrip()), style="yellow")
     if base == result.continuation:
         out.append("  (unchanged)", style="dim")
     return out

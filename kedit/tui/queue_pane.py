@@ -18,6 +18,8 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from kedit.errors import KeditError
 from kedit.facts import Fact
+from kedit.show import cell, plain
+from kedit.tui import journal_view as jv
 
 FIELDS = ("subject", "prompt", "target")
 HINT = "Enter: next field / queue the fact"
@@ -83,7 +85,7 @@ class QueuePane(Vertical):
         table.clear()
         queue = self.queue.facts if self.queue is not None else ()
         for i, f in enumerate(queue):
-            table.add_row(str(i + 1), f.subject, f.target, f.prompt, key=str(i))
+            table.add_row(str(i + 1), cell(f.subject), cell(f.target), cell(f.prompt), key=str(i))
         if queue:
             table.move_cursor(row=min(max(keep, 0), len(queue) - 1))
         self.border_subtitle = f"{len(queue)} queued" if queue else "empty"
@@ -140,7 +142,7 @@ class QueuePane(Vertical):
 
     def _show_message(self, text: str, cls: str) -> None:
         msg = self.query_one("#fact-message", Static)
-        msg.update(text)
+        msg.update(plain(text))  # it quotes what the person typed: never markup
         msg.set_class(cls == "-error", "-error")
         msg.set_class(cls == "-ok", "-ok")
 
@@ -172,9 +174,9 @@ class QueuePane(Vertical):
             return False
         if self.editing is not None:
             index = self.editing
-            self.app.change_queue("replace", f"#{index + 1} → {fact.label}", lambda q: q.replace(index, fact))
+            self.app.change_queue("replace", f"#{index + 1} → {jv.fact_label(fact)}", lambda q: q.replace(index, fact))
         else:
-            self.app.change_queue("add", fact.label, lambda q: q.add(fact))
+            self.app.change_queue("add", jv.fact_label(fact), lambda q: q.add(fact))
         self._show_message("queuing…", "")
         return True
 
@@ -204,7 +206,7 @@ class QueuePane(Vertical):
         fact = self.queue.facts[index]
         if self.editing is not None:
             self.action_cancel_edit()
-        self.app.change_queue("remove", fact.label, lambda q: q.remove(index))
+        self.app.change_queue("remove", jv.fact_label(fact), lambda q: q.remove(index))
 
     def edit_selected(self) -> None:
         table = self.query_one("#queue-table", DataTable)

@@ -17,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
+from kedit.show import plain
 from kedit.tui import journal_view as jv
 
 HELP = """\
@@ -75,9 +76,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box", classes="modal-box"):
-            yield Label(self.question, id="confirm-question")
+            yield Label(plain(self.question), id="confirm-question")
             if self.detail:
-                yield Static(self.detail, id="confirm-detail")
+                yield Static(Text(self.detail), id="confirm-detail")  # fact lines: text, never markup
             yield Label("[b]y[/b]/Enter yes · [b]n[/b]/Esc no", classes="modal-keys")
 
     def action_answer(self, yes: bool) -> None:

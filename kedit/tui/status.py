@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
+from kedit.show import visible
+
 
 def _short_model(name: str) -> str:
     # a local folder shows as its last part; hub ids and "default" as they are
@@ -58,5 +60,5 @@ class StatusLine(Static):
         t.append(self.state, style=f"bold {style}")
         for i, (key, value) in enumerate(self.fields.items()):
             t.append("  " if i == 0 else " · ", style="dim")
-            t.append(value, style="bold" if key in ("session", "edits") else "")
+            t.append(visible(value), style="bold" if key in ("session", "edits") else "")
         self.update(t)
