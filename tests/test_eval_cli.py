@@ -59,8 +59,11 @@ def test_emmet_on_32_counterfact_records():
 @pytest.mark.model
 def test_ctrl_c_prints_the_figures_so_far():
     args = ["eval", "--records", COUNTERFACT, "--limit", 6, "--batch-size", 2, "--json"]
+    # A shell that started this run in the background (``cmd &``) ignores SIGINT, and children
+    # inherit that; a person's Ctrl-C reaches a kedit whose handler is the default one.
     proc = subprocess.Popen([PY, "-c", "from kedit.cli import main; main()", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stderr:  # plain progress lines (stderr is not a terminal)
             if "editing 2/6" in line:
