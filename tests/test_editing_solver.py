@@ -111,3 +111,115 @@ def test_memory_of_earlier_edits_is_the_augmented_preservation_term(lam):
     for mem, a in ((Kp[:, :0], alpha), (Kp, 0.0)):
         Uz, Vz = solver.solve(K, R, solver.factor_c0(C0), lam=lam, memory=mem, alpha=a)
         torch.testing.assert_close(Uz @ Vz.T, U0 @ V0.T)
+
+
+# -- lifelong options ---------------------------------------------------------------------------
+
+
+def _spectral_problem(d_in=40, d_out=16, E=5, big=8, seed=0):
+    """C0 with `big` large eigenvalues (1..2) and the rest small (1e-4..1e-3): a clear null space."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=g, dtype=torch.float64))
+    ev = torch.cat([1 + torch.rand(big, generator=g, dtype=torch.float64),
+                    1e-4 + 9e-4 * torch.rand(d_in - big, generator=g, dtype=torch.float64)])
+    C0 = Q @ torch.diag(ev) @ Q.T  # (d_in, d_in)
+    K = torch.randn(d_in, E, generator=g, dtype=torch.float64)  # (d_in, E)
+    Kp = torch.randn(d_in, 7, generator=g, dtype=torch.float64)  # (d_in, P) earlier edits' keys
+    R = torch.randn(d_out, E, generator=g, dtype=torch.float64)  # (d_out, E)
+    return C0, K, Kp, R, Q[:, :big]
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_alphaedit_least_squares_is_the_published_update(memory):
+    """MEMIT with the projection is AlphaEdit's Δ = R Kᵀ P ((KKᵀ + αKpKpᵀ) P + L2·I)⁻¹, which its
+    code computes as the transpose of solve(P(KKᵀ + KpKpᵀ) + L2·I, P K Rᵀ)."""
+    C0, K, Kp, R, _ = _spectral_problem()
+    alpha, l2, thr = (1.0 if memory else 0.0), 10.0, 1e-2
+    proj = solver.null_space(C0, thr)
+    P = proj.U @ proj.U.T  # (d_in, d_in)
+    A = K @ K.T + (alpha * Kp @ Kp.T if memory else 0)
+    I = torch.eye(40, dtype=torch.float64)
+    paper = R @ K.T @ P @ torch.linalg.inv(A @ P + l2 * I)
+    code = torch.linalg.solve(P @ A + l2 * I, P @ K @ R.T).T
+    U, V = solver.solve(K, R, solver.factor_c0(C0), lam=1.0, memory=Kp if memory else None, alpha=alpha,
+                        projector=proj, l2=l2)
+    torch.testing.assert_close(U @ V.T, paper, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(paper, code, rtol=1e-8, atol=1e-12)
+    # P holds exactly the eigenvectors of C0 below the threshold
+    ev = torch.linalg.eigvalsh(C0)
+    assert proj.U.shape[1] == int((ev < thr).sum()) == 32
+    torch.testing.assert_close(P @ P, P)
+
+
+def test_projected_update_keeps_preserved_keys_and_meets_the_edit():
+    """EMMET with the projection: ŴK = V exactly, and keys in C0's principal subspace (what the
+    statistics' text produces) give the same output as before: ‖Δ·K0‖ ≈ 0."""
+    C0, K, Kp, R, principal = _spectral_problem()
+    proj = solver.null_space(C0, 1e-2)
+    U, V = solver.solve(K, R, solver.factor_c0(C0), lam=0.0, memory=Kp, alpha=1.0, projector=proj, l2=10.0)
+    delta = U @ V.T  # (d_out, d_in)
+    torch.testing.assert_close(delta @ K, R, rtol=1e-8, atol=1e-10)
+    g = torch.Generator().manual_seed(5)
+    K0 = principal @ torch.randn(8, 50, generator=g, dtype=torch.float64)  # (d_in, 50) keys the corpus produces
+    assert float((delta @ K0).norm()) < 1e-10 * float(delta.norm() * K0.norm())
+    # keys drawn from C0 itself: E‖Δk‖² = tr(Δ C0 Δᵀ) ≤ threshold·‖Δ‖²_F with the projection
+    assert float(torch.trace(delta @ C0 @ delta.T)) <= 1e-2 * float(delta.norm()) ** 2
+    # without it the principal keys move (plain EMMET only minimises their mean change)
+    U0, V0 = solver.solve(K, R, solver.factor_c0(C0), lam=0.0)
+    plain = U0 @ V0.T
+    assert float((plain @ K0).norm()) > 1e-6 * float(plain.norm() * K0.norm())
+
+
+def test_null_space_with_nothing_below_the_threshold_is_refused():
+    C0, *_ = _spectral_problem()
+    with pytest.raises(SingularSolveError, match="eigenvalue below"):
+        solver.null_space(C0, 1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.0, 50.0])
+def test_norm_penalty_is_a_ridge_on_c0_and_shrinks_the_update(lam):
+    """ENCORE: ν‖Δ‖²_F in the objective makes C0 → C0 + ν·I. MEMIT then equals
+    R Kᵀ (λ(C0 + νI) + KKᵀ)⁻¹; EMMET still meets every constraint; ‖Δ‖_F falls as ν grows."""
+    C0, K, W0, V = _problem(E=6)
+    R = V - W0 @ K
+    I = torch.eye(48, dtype=torch.float64)
+    norms = []
+    for nu in (0.0, 0.05, 0.5, 5.0):
+        U, Vf = solver.solve(K, R, solver.factor_c0(C0, ridge=nu), lam=lam)
+        delta = U @ Vf.T
+        if lam:
+            torch.testing.assert_close(delta, R @ K.T @ torch.linalg.inv(lam * (C0 + nu * I) + K @ K.T),
+                                       rtol=1e-8, atol=1e-10)
+        else:
+            torch.testing.assert_close(delta @ K, R, rtol=1e-8, atol=1e-9)
+        norms.append(float(delta.norm()))
+    assert all(a > b for a, b in zip(norms, norms[1:])), norms
+
+
+def test_norm_anchored_values():
+    """NAS: v* = v0 + δ is rescaled to the anchor norm; a v* over twice the anchor is skipped (δ' = 0)."""
+    from kedit.editing.edit import anchor_values
+
+    g = torch.Generator().manual_seed(0)
+    v0 = torch.randn(4, 16, generator=g)  # (E, d)
+    delta = torch.randn(4, 16, generator=g)
+    delta[3] *= 100  # far too large
+    out, skipped = anchor_values(v0, delta, norm=5.0)
+    assert skipped == (False, False, False, True)
+    torch.testing.assert_close((v0 + out)[:3].norm(dim=-1), torch.full((3,), 5.0))
+    cos = torch.nn.functional.cosine_similarity(v0 + out, v0 + delta, dim=-1)[:3]
+    torch.testing.assert_close(cos, torch.ones(3))  # same direction
+    assert torch.equal(out[3], torch.zeros(16))
+
+
+def test_lifelong_fields_default_off_for_old_records():
+    from kedit.editing import HParams
+    from kedit.errors import UsageError
+
+    old = {"method": "emmet", "layers": [1], "lam": 0.0, "values": {"lr": 0.5}, "n_prefixes": 5, "prefix_len": 10,
+           "stats_tokens": 1000, "stats_seq_len": 64, "preserve": 1.0}
+    hp = HParams.from_dict(old)
+    assert (hp.norm_penalty, hp.null_space, hp.value_norm, hp.remember_by_commit) == (0.0, 0.0, 0.0, False)
+    assert (hp.values.min_prob, hp.values.margin, hp.values.patience) == (0.0, 0.0, 1)
+    with pytest.raises(UsageError, match="norm_penalty"):
+        HParams(method="memit", layers=(1,), lam=1.0, null_space=2e-2)

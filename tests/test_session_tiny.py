@@ -4,6 +4,7 @@ cancel, query, replay (stored and recomputed, float32 and bf16) and export (sing
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 import shutil
@@ -394,6 +395,73 @@ def test_a_commit_remembers_the_active_commits(tmp_path, tiny_dir, corpus):
         moved[preserve] = float(((arch.weight_view(lm.model, 1).detach().double() - w1) @ k0).norm())
     assert moved[1.0] < 0.5 * moved[0.0], moved
     assert fast_hparams(tiny_dir).preserve == 1.0 == preset("default", "emmet").preserve
+
+
+@pytest.mark.parametrize("options", [
+    dict(norm_penalty=0.01, value_norm=1.0),  # ENCORE's norm penalty, NAS
+    dict(null_space=1e6, norm_penalty=10.0, method="memit", lam=1.0),  # AlphaEdit's projection (P = I here)
+])
+def test_replay_recomputes_the_lifelong_options_bit_identically(tmp_path, tiny_dir, corpus, options):
+    """Every lifelong option and stopping rule recorded in the journal; the session is reopened
+    between commits (its key cache starts empty, a replay's does not) and still replays exactly."""
+    from kedit.session.replay import replay
+
+    values = ValueConfig(steps=3, lr=0.5, min_prob=0.2, margin=0.1, patience=2)
+    hp = dataclasses.replace(fast_hparams(tiny_dir), remember_by_commit=True, values=values, **options)
+    lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    s = Session.attach(tmp_path / "s", lm, corpus=corpus, hparams=hp)
+    s.add(FACTS[0])
+    s.commit()
+    s = Session.open(s.path)
+    s.add_many([FACTS[1], FACTS[2]])
+    entry = s.commit()
+    assert HParams.from_dict(entry.hparams) == hp
+    s.undo()
+    s.add(FACTS[1])
+    s.commit()
+    r = replay(s.journal_path, recompute=True, verify=True)
+    assert r.mismatches == [] and r.fingerprint == s.fingerprint()
+
+
+def test_commits_record_the_heldout_nll_and_a_large_move_is_flagged(tmp_path, tiny_dir, corpus):
+    import math
+
+    from kedit.editing.health import session_nll
+    from kedit.session.folder import SessionFolder
+
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    e = s.commit()
+    assert e.heldout_nll == pytest.approx(session_nll(s.lm.model, s.lm.tokenizer), abs=1e-5)
+    with s._stack.base():
+        assert e.heldout_base == pytest.approx(session_nll(s.lm.model, s.lm.tokenizer), abs=1e-5)
+    d = s.drift(e)
+    assert d.since_base == pytest.approx(math.exp(e.heldout_nll - e.heldout_base) - 1) == d.step
+    assert d.flagged == (d.step > s.settings.drift_threshold)
+    # the threshold is the session's setting: a tiny one flags any move
+    folder = SessionFolder(s.path)
+    folder.change_settings(lambda st: dataclasses.replace(st, drift_threshold=-1.0))
+    again = Session.open(s.path)
+    assert again.drift(e).flagged
+    assert read_journal(s.journal_path).entries[-1].heldout_nll == e.heldout_nll
+
+
+def test_drift_is_measured_against_the_commit_before_and_the_base():
+    from kedit.session.drift import drifts
+
+    def commit(seq, nll, base=2.0):
+        return CommitEntry(seq=seq, time="t", facts=(FACTS[0],), method="emmet", layers=(1,), hparams={}, timings={},
+                           delta_file="d", delta_sha256="x", fingerprint="f", efficacy=(), heldout_nll=nll,
+                           heldout_base=base)
+
+    old = dataclasses.replace(commit(5, None), heldout_base=None)  # as written before the health check
+    entries = [commit(1, 2.01), commit(2, 2.2), UndoEntry(3, "t", 2, "f"), commit(4, 2.0), old, commit(6, 2.1)]
+    d = drifts(entries, threshold=0.05)
+    assert d[1].step == pytest.approx(math.exp(0.01) - 1) == d[1].since_base and not d[1].flagged
+    assert d[2].step == pytest.approx(math.exp(0.19) - 1) and d[2].flagged
+    assert d[4].step == pytest.approx(math.exp(-0.01) - 1) and d[4].since_base == pytest.approx(0.0)  # after the undo
+    assert d[5].since_base is None and not d[5].flagged
+    assert d[6].step is None and d[6].since_base == pytest.approx(math.exp(0.1) - 1) and not d[6].flagged
 
 
 def test_two_sessions_on_one_folder_catch_up_and_never_reuse_an_entry_number(tmp_path, tiny_dir, corpus):

@@ -34,6 +34,8 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the context prefix
 CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics C0.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's).", min=1)]
 ScoreBatchOpt = Annotated[int, typer.Option("--score-batch-size", help="Prompts per forward pass when scoring.", min=1)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Change one hyper-parameter of the preset, e.g. --set values.min_prob=0.5 (repeatable).")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Where to save the PNG plot.")]
 
 
@@ -51,10 +53,11 @@ class _Setup:
     """The loaded model, the preset and what every ``Editor`` of a run shares."""
 
     def __init__(self, model: str, method: str, layers: str | None, dtype, device, seed: int, corpus: str,
-                 threads: int | None, quiet: bool) -> None:
+                 threads: int | None, quiet: bool, overrides: list[str] | None = None) -> None:
         import torch
 
         from kedit.editing import arch, load_model, model_fingerprint, preset, sample_prefixes
+        from kedit.editing.hparams import with_settings
         from kedit.paths import cache_dir
 
         if threads:
@@ -69,6 +72,7 @@ class _Setup:
         hp = preset(model, method, num_layers=arch.num_layers(self.model))
         if layers:
             hp = replace(hp, layers=parse_ints(layers, "layers"))
+        hp = with_settings(hp, overrides or [])
         for l in hp.layers:
             arch.mlp_out_module(self.model, l)  # a clear error for a layer the model lacks
         self.hparams, self.seed, self.corpus, self.cache = hp, seed, corpus, cache_dir()
@@ -207,8 +211,12 @@ def eval_cmd(
                                                       "GN (default 10, 24 with --chat; 0: none).", min=0)] = None,
     chat_edits: Annotated[Optional[bool], typer.Option("--chat-edits/--no-chat-edits", help="Fit each fact as a chat "
                                                        "turn too when editing (default: the preset's).")] = None,
+    overrides: SetOpt = None,
+    health: Annotated[bool, typer.Option("--health/--no-health", help="Also held-out perplexity and the fluency "
+                                         "(generation entropy) of greedy generations, edited and unedited.")] = True,
 ) -> None:
-    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited) and what greedy answers say."""
+    """Edit CounterFact/zsRE records and report ES, PS, NS, S (edited and unedited), what greedy answers
+    say, fluency and held-out perplexity."""
     use_placement(device_map, max_memory)
     from kedit.editing.chat import CHAT_NEW_TOKENS
     from kedit.eval.generation import Prompting
@@ -217,14 +225,14 @@ def eval_cmd(
     if layers:
         parse_ints(layers, "layers")
     recs = _load(records, offset, limit)
-    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
     if chat_edits is not None:
         s.hparams = replace(s.hparams, values=replace(s.hparams.values, chat=chat_edits))
     prompting = Prompting(chat=chat, gen_tokens=(CHAT_NEW_TOKENS if chat else 10) if gen_tokens is None else gen_tokens)
     started = time.perf_counter()
     with _Bar(True) as bar:
         res = evaluate(s.model, s.tok, s.editor(), recs, batch_size, sequential=sequential,
-                       score_batch_size=score_batch_size, progress=bar, prompting=prompting)
+                       score_batch_size=score_batch_size, progress=bar, prompting=prompting, health=health)
     settings = s.settings(records=str(records), offset=offset, limit=limit, n_requested=len(recs),
                           batch_size=batch_size, sequential=sequential, score_batch_size=score_batch_size,
                           format=recs[0].source, chat=chat, gen_tokens=prompting.gen_tokens)
@@ -236,6 +244,13 @@ def eval_cmd(
         cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA", "GE", "GP", "GN")
         e, b = res.metrics, res.baseline_metrics
         rows = [[c, _num(getattr(e, c)), _num(getattr(b, c))] for c in cols]
+        if res.health is not None:
+            import math
+
+            ed, un = res.health["edited"] or {}, res.health["unedited"]
+            rows.append(["fluency", _num(ed.get("fluency")), _num(un["fluency"])])
+            rows.append(["held-out ppl", _num(math.exp(ed["heldout_nll"]), 2) if ed else "—",
+                         _num(math.exp(un["heldout_nll"]), 2)])
         out = console()
         mode = ("sequential-batched" if sequential else "batch (fresh weights per batch)") + (", as chat" if chat else "")
         out.print(_table(f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}, {len(res.records)} records, "
@@ -333,6 +348,7 @@ def scale_cmd(
     corpus: CorpusOpt = "wiki-sample",
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
+    overrides: SetOpt = None,
 ) -> None:
     """Measure how edit quality changes with the batch size: the same facts edited in batches of each size,
     every batch on the base model versus batch after batch (sequential); ES, PS, NS, S per size; table, PNG."""
@@ -345,7 +361,7 @@ def scale_cmd(
     if layers:
         parse_ints(layers, "layers")
     recs = _load(records, offset, total)
-    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
     with _Bar(True) as bar:
         exp = scale_batches(s.model, s.tok, s.editor(), recs, sizes, score_batch_size, bar)
     settings = s.settings(records=str(records), offset=offset, total=len(recs), batch_sizes=list(sizes),
@@ -353,3 +369,55 @@ def scale_cmd(
     title = f"{method.upper()} layers {list(s.hparams.layers)}: {len(recs)} edits, batch vs sequential-batched"
     _show_experiment(exp, title, plot, lambda e, p: plot_scale(e, p, f"{model}: {title}"), settings, as_json)
     _finish(exp.interrupted)
+
+
+@app.command("lifelong")
+def lifelong_cmd(
+    records: RecordsOpt,
+    total: Annotated[int, typer.Option("--total", "-n", help="Number of sequential edits.", min=1)] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Facts per commit.", min=1)] = 16,
+    checkpoints: Annotated[Optional[str], typer.Option(
+        "--checkpoints", help="Numbers of edits at which to measure, e.g. 128,256,512 (default: ~8 even steps).")] = None,
+    model: ModelOpt = "default",
+    method: MethodOpt = "emmet",
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Edit layer(s) (default: the preset's).")] = None,
+    offset: OffsetOpt = 0,
+    plot: PlotOpt = Path("lifelong.png"),
+    as_json: JsonOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    seed: SeedOpt = 0,
+    corpus: CorpusOpt = "wiki-sample",
+    threads: ThreadsOpt = None,
+    score_batch_size: ScoreBatchOpt = 64,
+    overrides: SetOpt = None,
+) -> None:
+    """Sequential edits in batches, each commit remembering the earlier ones: ES/PS/NS/S of all
+    edits so far, the first batch's efficacy, held-out perplexity and commit time at checkpoints."""
+    use_placement(device_map, max_memory)
+    from kedit.eval.lifelong import COLUMNS, plot_lifelong, run_lifelong, table_rows
+
+    marks = parse_ints(checkpoints, "checkpoints") if checkpoints else None
+    if layers:
+        parse_ints(layers, "layers")
+    recs = _load(records, offset, total)
+    s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
+    with _Bar(True) as bar:
+        run = run_lifelong(s.model, s.tok, s.editor(), recs, batch_size, marks, score_batch_size, bar)
+    title = f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}: {len(recs)} sequential edits, batches of {batch_size}"
+    saved = str(plot_lifelong(run, plot, f"{model}: {title}")) if plot is not None and run.checkpoints else None
+    if as_json:
+        _emit({"settings": s.settings(records=str(records), offset=offset, total=len(recs), batch_size=batch_size,
+                                      score_batch_size=score_batch_size, format=recs[0].source),
+               **run.to_dict(), "plot": saved})
+    else:
+        from rich.console import Console
+
+        out = Console(highlight=False)
+        out.print(_table(title + f" (base held-out NLL {run.base_nll:.3f}, ‖W‖ {run.base_weight_norm:.0f})",
+                         COLUMNS, table_rows(run)))
+        if saved:
+            out.print(f"plot saved to {saved}")
+    _finish(run.interrupted)

@@ -114,6 +114,10 @@ def _info(msg: str) -> None:
     _err_console().print(msg, markup=False)
 
 
+def _warn(msg: str) -> None:
+    _err_console().print(f"warning: {msg}", markup=False, style="yellow")
+
+
 # -- the folder-only commands (no torch) --------------------------------------------------------
 
 
@@ -277,9 +281,14 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
             _info(f"{folder.path}: no commit yet (model {s.model!r} not loaded so far); {len(queue)} queued fact(s)")
         return
     active = {c.seq for c in j.active_commits()}
+    from kedit.session.drift import drifts
+
+    drift = drifts(j.entries, folder.read_settings().drift_threshold)
     if as_json:
         _emit_json({"session": str(folder.path), "header": j.header.to_dict(), "entries": [e.to_dict() for e in j.entries],
                     "active": sorted(active), "fingerprint": j.fingerprint, "queue": _facts_json(queue),
+                    "drift": {str(k): {"since_base": d.since_base, "step": d.step, "flagged": d.flagged}
+                              for k, d in drift.items()},
                     "problems": _delta_problems(folder, j)})
         _check_delta_files(folder, j)
         return
@@ -292,8 +301,10 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
         if isinstance(e, CommitEntry):
             state = "" if e.seq in active else "  [undone]"
             hits = sum(sc.argmax for sc in e.efficacy)
+            d = drift[e.seq]
+            health = "" if d.since_base is None else f", {d.describe()}" + ("  ⚠ undo?" if d.flagged else "")
             out.print(f"#{e.seq} {e.time} commit {e.method} layers {','.join(map(str, e.layers))}: {len(e.facts)} fact(s), "
-                      f"{hits}/{len(e.efficacy)} argmax, {e.timings.get('total', 0):.1f}s{state}", markup=False)
+                      f"{hits}/{len(e.efficacy)} argmax, {e.timings.get('total', 0):.1f}s{health}{state}", markup=False)
             for f, sc in zip(e.facts, e.efficacy):
                 out.print(f"    {'✓' if sc.argmax else '✗'} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
         else:
@@ -416,15 +427,22 @@ def commit_cmd(
         _info(f"committing {len(s.queue)} fact(s) with {s.method} on layer(s) {','.join(map(str, s.layers))} …")
         with ProgressPrinter() as progress:
             entry = s.commit(progress=progress)
+    drift = s.drift(entry)
     if as_json:
-        _emit_json({"session": str(s.path), "commit": entry.to_dict()})
-        return
-    out = _out_console()
-    out.print(f"commit #{entry.seq}: {len(entry.facts)} fact(s) in {entry.timings.get('total', 0):.1f}s "
-              f"(values {entry.timings.get('values', 0):.1f}s)")
-    for f, sc in zip(entry.facts, entry.efficacy):
-        mark = "✓" if sc.argmax else "✗"
-        out.print(f"  {mark} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
+        _emit_json({"session": str(s.path), "commit": entry.to_dict(),
+                    "drift": {"since_base": drift.since_base, "step": drift.step, "flagged": drift.flagged}})
+    else:
+        out = _out_console()
+        out.print(f"commit #{entry.seq}: {len(entry.facts)} fact(s) in {entry.timings.get('total', 0):.1f}s "
+                  f"(values {entry.timings.get('values', 0):.1f}s); {drift.describe()}")
+        for f, sc in zip(entry.facts, entry.efficacy):
+            mark = "✓" if sc.argmax else "✗"
+            out.print(f"  {mark} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
+    if drift.flagged:
+        from kedit.session.drift import undo_hint
+
+        _warn(f"commit #{entry.seq} moved held-out perplexity by {drift.step:+.1%} (more than the session's "
+              f"{s.settings.drift_threshold:.1%}): the model may be damaged; {undo_hint(session)}")
 
 
 @app.command("undo", epilog=EXIT_CODES)

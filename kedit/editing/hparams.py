@@ -31,6 +31,21 @@ class HParams:
     # C = C0 + α·KpKpᵀ (solver.py). C0 is a mean of kkᵀ, so α = 1 weighs each earlier key like
     # the whole corpus. 0 (the default, and every record written before it existed) turns it off.
     preserve: float = 0.0
+    # Remembered facts' keys per commit (memory.py): computed with the commit's own facts, kept
+    # while the projections below the layer are unchanged. False: every remembered fact's key is
+    # recomputed in one pass on every commit (records written before the cache existed).
+    remember_by_commit: bool = False
+    # Lifelong options (solver.py; 0 = off, which every record written before them reads as):
+    # ENCORE's norm penalty ν‖Δ‖²_F: C0 becomes C0 + ν·I (ENCORE's 20·I beside 15000·C0 is ν = 20/15000
+    # for MEMIT λ = 15000). With ``null_space`` it is AlphaEdit's L2 instead (10 in AlphaEdit's code).
+    norm_penalty: float = 0.0
+    # AlphaEdit's null-space projection: eigenvalue threshold on C0 (AlphaEdit: 2e-2). The update is
+    # projected onto the span of C0's eigenvectors below it and C0 leaves the solve; MEMIT (λ > 0)
+    # then solves AlphaEdit's least squares, EMMET/ROME keep ŴK = V exactly. Needs norm_penalty > 0.
+    null_space: float = 0.0
+    # NAS (norm-anchored values): each target value v* = W·k + δ at the last edit layer is rescaled
+    # to this norm, and a fact whose ‖v*‖ exceeds twice it is skipped (its output is kept).
+    value_norm: float = 0.0
 
     def __post_init__(self) -> None:
         method_name(self.method)
@@ -45,6 +60,11 @@ class HParams:
             raise UsageError(f"the preservation weight must be ≥ 0, got {self.lam}")
         if not self.preserve >= 0:
             raise UsageError(f"the weight of earlier edits must be ≥ 0, got {self.preserve}")
+        for name in ("norm_penalty", "null_space", "value_norm"):
+            if not getattr(self, name) >= 0:
+                raise UsageError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.null_space > 0 and not self.norm_penalty > 0:
+            raise UsageError("the null-space projection needs norm_penalty > 0 (AlphaEdit's L2, e.g. 10)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,7 +117,9 @@ _SMOLLM2_EMMET = HParams(
     stats_tokens=30_000,
     # 30 sequential batches of 8 CounterFact facts (bf16): efficacy of all 240 at the end 92.1%
     # with preserve 0, 97.1% with 1, 96.3% with 10; locality NLL +0.47, +0.36, +0.46.
-    preserve=1.0,
+    # The remembered facts' keys are computed once per commit (memory.py): the same solve, without
+    # a key pass over every remembered fact on every commit.
+    preserve=1.0, remember_by_commit=True,
 )
 _SMOLLM2_MEMIT = HParams(
     method="memit", layers=(2, 3, 4), lam=15_000.0,
@@ -112,6 +134,43 @@ PRESETS: dict[str, dict[str, HParams]] = {
     "gpt-j-6b": {"emmet": _GPTJ_EMMET, "memit": _GPTJ_MEMIT},
     "smollm2-135m": {"emmet": _SMOLLM2_EMMET, "memit": _SMOLLM2_MEMIT},
 }
+
+
+def with_settings(hp: HParams, items: list[str] | tuple[str, ...]) -> HParams:
+    """``hp`` with ``NAME=VALUE`` settings applied (``values.min_prob=0.5``, ``preserve=1``,
+    ``layers=1,2``); each value is read as the type the field has now, and the result is checked
+    once, with every setting applied."""
+    top: dict = {}
+    vals: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise UsageError(f"cannot read the setting {item!r}", hint="write NAME=VALUE, e.g. values.min_prob=0.5")
+        owner, _, leaf = name.rpartition(".")
+        if owner not in ("", "values"):
+            raise UsageError(f"unknown setting {name!r}", hint="settings are HParams fields or values.FIELD")
+        target = hp.values if owner else hp
+        if leaf not in {f.name for f in dataclasses.fields(target)}:
+            known = ", ".join(f.name for f in dataclasses.fields(target) if f.name != "values")
+            raise UsageError(f"unknown setting {name!r}", hint=f"known: {known}")
+        (vals if owner else top)[leaf] = _parse_like(getattr(target, leaf), text.strip(), name)
+    if not top and not vals:
+        return hp
+    return dataclasses.replace(hp, values=dataclasses.replace(hp.values, **vals), **top)
+
+
+def _parse_like(current, text: str, name: str):
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(current, tuple):
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        return type(current)(text)
+    except ValueError:
+        raise UsageError(f"cannot read {name}={text!r} as {type(current).__name__}") from None
 
 
 def family_of(name: str, num_layers: int | None = None) -> str | None:

@@ -14,6 +14,25 @@ C = C0 + α·KpKpᵀ, so a new batch also keeps what W now says at those keys (t
 AlphaEdit, Fang et al. 2025). C⁻¹ is applied through the cached factor of C0 by Woodbury:
 
     C⁻¹K = C0⁻¹K − B (I/α + KpᵀB)⁻¹ BᵀK,    B = C0⁻¹Kp                 O(d_in²P + P³)
+
+Lifelong options (``HParams`` fields; all off by default, so earlier records solve as before):
+
+* Norm penalty ν (ENCORE): ν‖Δ‖²_F joins the objective, i.e. C0 becomes C0 + ν·I
+  (``factor_c0(c0, ridge=ν)``). ENCORE's C = 15000·C0 + 20·I is MEMIT λ = 15000 with ν = 20/15000.
+* Null-space projection (AlphaEdit): P = UUᵀ, U the eigenvectors of C0 whose eigenvalue is below
+  a threshold (``null_space``). C0 leaves the solve; with the earlier keys Kp (weight α) and
+  AlphaEdit's ridge L2 (= ν here) the update is
+
+      MEMIT (least squares)   Δ = R Kᵀ P ((KKᵀ + αKpKpᵀ) P + L2·I)⁻¹     (AlphaEdit, eq. 9)
+      EMMET/ROME (equality)   Δ = R (KᵀZK)⁻¹ KᵀZ,   ŴK = V exactly
+
+  with Z = P (αKpKpᵀP + L2·I)⁻¹ (symmetric). Both are the routine below with Z in place of C⁻¹:
+  Δ = R (μI + KᵀZK)⁻¹ KᵀZ, μ = 1 for the least-squares form (push-through identity) and μ = 0
+  for the equality-constrained one. Every row of Δ lies in P's range, so ΔK0 = 0 for keys K0 in
+  C0's principal subspace: what the model computes on ordinary text does not move. ZK is applied
+  by Woodbury in O(d_in²(E+P) + P³):
+
+      Z K = P (K − α Kp (L2·I + α KpᵀPKp)⁻¹ KpᵀPK) / L2
 """
 
 from __future__ import annotations
@@ -33,11 +52,40 @@ class Factor:
     jitter: float  # relative ridge that was needed for positive-definiteness (0 normally)
 
 
-def factor_c0(c0: torch.Tensor) -> Factor:
-    """Cholesky of C0 in float64, adding the smallest relative ridge that makes it succeed."""
+@dataclass(frozen=True)
+class Projector:
+    """AlphaEdit's null-space projector P = U Uᵀ of one layer (float64)."""
+
+    U: torch.Tensor  # (d_in, r) orthonormal eigenvectors of C0 with eigenvalue < threshold
+    threshold: float
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        """P X for X (d_in, n)."""
+        return self.U @ (self.U.T @ X)
+
+
+def null_space(c0: torch.Tensor, threshold: float) -> Projector:
+    """Eigenvectors of the (uncentred) C0 whose eigenvalue is below ``threshold`` (AlphaEdit: 2e-2)."""
+    c0 = c0.double()
+    ev, vecs = torch.linalg.eigh(0.5 * (c0 + c0.T))  # ascending
+    U = vecs[:, ev < threshold].contiguous()  # (d_in, r)
+    if U.shape[1] == 0:
+        raise SingularSolveError(
+            f"no direction of the key statistics has an eigenvalue below {threshold:g}: the null-space projection "
+            f"would forbid every update (smallest eigenvalue {float(ev[0]):.3g})",
+            hint="raise the null_space threshold, or set it to 0 to turn the projection off",
+        )
+    return Projector(U=U, threshold=threshold)
+
+
+def factor_c0(c0: torch.Tensor, ridge: float = 0.0) -> Factor:
+    """Cholesky of C0 + ridge·I in float64 (``ridge``: the norm penalty ν), adding the smallest
+    relative jitter that makes it succeed."""
     c0 = c0.double()
     d = c0.shape[0]
     assert c0.shape == (d, d), f"C0 must be square, got {tuple(c0.shape)}"
+    if ridge:
+        c0 = c0 + ridge * torch.eye(d, dtype=c0.dtype, device=c0.device)
     scale = float(c0.diagonal().mean())
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
         L, info = torch.linalg.cholesky_ex(c0 + jitter * scale * torch.eye(d, dtype=c0.dtype, device=c0.device))
@@ -54,8 +102,11 @@ def solve(
     names: list[str] | None = None,
     memory: torch.Tensor | None = None,  # (d_in, P) keys of earlier edits to preserve
     alpha: float = 0.0,  # their weight: C = C0 + alpha·KpKpᵀ
+    projector: Projector | None = None,  # AlphaEdit: Z = P(αKpKpᵀP + l2·I)⁻¹ replaces C⁻¹
+    l2: float = 0.0,  # AlphaEdit's ridge (with ``projector``)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors (U, V), float64, with Δ = U Vᵀ. ``lam`` = 0 is EMMET/ROME, > 0 is MEMIT."""
+    """Factors (U, V), float64, with Δ = U Vᵀ. ``lam`` = 0 is EMMET/ROME, > 0 is MEMIT; with a
+    ``projector``, ``lam`` is μ of the module docstring (1: AlphaEdit's least squares, 0: equality)."""
     d_in, E = K.shape
     assert R.shape[1] == E, f"R {tuple(R.shape)} and K {tuple(K.shape)} disagree on E"
     assert factor.L.shape == (d_in, d_in), f"C0 factor {tuple(factor.L.shape)} vs d_in {d_in}"
@@ -64,17 +115,14 @@ def solve(
     if not (torch.isfinite(K).all() and torch.isfinite(R).all()):
         raise SingularSolveError("keys or values are not finite; the model was left untouched")
 
-    A = torch.cholesky_solve(K, factor.L)  # (d_in, E)  C0⁻¹K
+    Kp = None
     if memory is not None and memory.shape[1] > 0 and alpha > 0:
         assert memory.shape[0] == d_in, f"memory keys {tuple(memory.shape)} vs d_in {d_in}"
         Kp = memory.double().to(factor.L.device)  # (d_in, P)
-        B = torch.cholesky_solve(Kp, factor.L)  # (d_in, P)  C0⁻¹Kp
-        S = Kp.T @ B  # (P, P)
-        S = 0.5 * (S + S.T) + torch.eye(S.shape[0], dtype=S.dtype, device=S.device) / alpha
-        Ls, info = torch.linalg.cholesky_ex(S)
-        if int(info) != 0:
-            raise SingularSolveError("the memory of earlier edits made the solve singular; the model was left untouched")
-        A = A - B @ torch.cholesky_solve(B.T @ K, Ls)  # (d_in, E)  C⁻¹K
+    if projector is not None:
+        A = _projected(K, Kp, alpha, projector, l2)  # (d_in, E)  ZK
+    else:
+        A = _preserved(K, Kp, alpha, factor)  # (d_in, E)  C⁻¹K
     D = K.T @ A  # (E, E)  KᵀC0⁻¹K, symmetric PSD
     D = 0.5 * (D + D.T)
     M = D + lam * torch.eye(E, dtype=D.dtype, device=D.device)  # (E, E)
@@ -86,6 +134,37 @@ def solve(
     if not (torch.isfinite(U).all() and torch.isfinite(A).all()):
         raise SingularSolveError("the solve produced non-finite values; the model was left untouched")
     return U, A
+
+
+def _preserved(K: torch.Tensor, Kp: torch.Tensor | None, alpha: float, factor: Factor) -> torch.Tensor:
+    """C⁻¹K with C = C0 + α·KpKpᵀ (Woodbury on C0's factor)."""
+    A = torch.cholesky_solve(K, factor.L)  # (d_in, E)  C0⁻¹K
+    if Kp is None:
+        return A
+    B = torch.cholesky_solve(Kp, factor.L)  # (d_in, P)  C0⁻¹Kp
+    S = Kp.T @ B  # (P, P)
+    S = 0.5 * (S + S.T) + torch.eye(S.shape[0], dtype=S.dtype, device=S.device) / alpha
+    Ls, info = torch.linalg.cholesky_ex(S)
+    if int(info) != 0:
+        raise SingularSolveError("the memory of earlier edits made the solve singular; the model was left untouched")
+    return A - B @ torch.cholesky_solve(B.T @ K, Ls)  # (d_in, E)  C⁻¹K
+
+
+def _projected(K: torch.Tensor, Kp: torch.Tensor | None, alpha: float, proj: Projector, l2: float) -> torch.Tensor:
+    """Z K with Z = P(α·KpKpᵀP + l2·I)⁻¹ (AlphaEdit), by Woodbury."""
+    if not l2 > 0:
+        raise SingularSolveError("the null-space projection needs a positive norm penalty (AlphaEdit's L2)")
+    U = proj.U.to(K.device)
+    PK = U @ (U.T @ K)  # (d_in, E)
+    if Kp is None:
+        return PK / l2
+    PKp = U @ (U.T @ Kp)  # (d_in, P)
+    S = alpha * (Kp.T @ PKp)  # (P, P)  α KpᵀPKp
+    S = 0.5 * (S + S.T) + l2 * torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
+    Ls, info = torch.linalg.cholesky_ex(S)
+    if int(info) != 0:
+        raise SingularSolveError("the memory of earlier edits made the solve singular; the model was left untouched")
+    return (PK - alpha * PKp @ torch.cholesky_solve(PKp.T @ K, Ls)) / l2  # (d_in, E)
 
 
 _HINT = "split the conflicting facts into separate batches, or use --method memit (a ridge term)"

@@ -23,6 +23,7 @@ so right-padding costs little, and the LM head runs only where a loss reads it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -50,6 +51,12 @@ class ValueConfig:
     early_stop: bool = True
     max_rows: int = 512  # rows per forward pass; larger batches accumulate gradients
     reuse_prefix: bool = True  # run only the positions δ reaches on each step (prefix_cache.py)
+    # The stopping rule (with early_stop). A fact stops once its target is the argmax at every
+    # target position of every rewrite prompt, and also, where set:
+    min_prob: float = 0.0  # every rewrite prompt gives the target probability ≥ min_prob (exp of −mean token NLL)
+    margin: float = 0.0  # log p(target) − log p(best other token) ≥ margin (nats) at every target position
+    patience: int = 1  # for this many consecutive steps (ENCORE: 2)
+    # 0 (the defaults) is the plain argmax rule, so records written before these existed replay as they were.
     # Instruct models: also fit each fact's prompt asked as a chat turn, the target following the
     # assistant's restatement of it (chat.chat_rewrite_template). Off in records made before it.
     chat: bool = False
@@ -61,10 +68,14 @@ class ValueResult:
     h_init: torch.Tensor  # (E, d_model) float32, block output at the subject (bare prompt)
     steps: tuple[int, ...]  # optimisation steps each fact took
     nll: tuple[float, ...]  # final target NLL per fact
-    converged: tuple[bool, ...]  # target was argmax everywhere when it stopped
+    converged: tuple[bool, ...]  # the stopping rule held when it stopped
 
 
 ProgressFn = Callable[[int, int, float, int], None]  # (step, total, mean loss of active facts, facts done)
+# For measuring stopping rules (benchmarks/tune_values.py): called on every step, before the update,
+# with (step, the group's δ (E, d_model), per fact a list of (probability, smallest log-probability
+# lead over the best other token, target is argmax everywhere) for each of its rewrite prompts).
+Observer = Callable[[int, torch.Tensor, list], None]
 
 
 @dataclass
@@ -84,6 +95,7 @@ def optimize_values(
     cfg: ValueConfig,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    observer: Observer | None = None,
 ) -> ValueResult:
     """δ for every fact. Facts are optimised in groups of at most ``cfg.max_rows`` rows (one
     forward pass per step each), so the cached prefixes and hidden states of a batch of thousands
@@ -95,7 +107,7 @@ def optimize_values(
         for f in facts
     ]
     if not cfg.reuse_prefix:  # the arithmetic of records made before groups existed: one group
-        return _optimize_group(model, per_fact, tokens.pad_id(tok), layer, cfg, progress, should_stop)
+        return _optimize_group(model, per_fact, tokens.pad_id(tok), layer, cfg, progress, should_stop, observer)
     parts, done_before = [], 0
     for group in fact_groups([len(rw) + 1 for rw, _ in per_fact], cfg.max_rows):
 
@@ -103,7 +115,8 @@ def optimize_values(
             if progress is not None:
                 progress(step, total, loss, base + n_done)
 
-        parts.append(_optimize_group(model, [per_fact[i] for i in group], tokens.pad_id(tok), layer, cfg, prog, should_stop))
+        parts.append(_optimize_group(model, [per_fact[i] for i in group], tokens.pad_id(tok), layer, cfg, prog, should_stop,
+                                     observer))
         done_before += len(group)
     if len(parts) == 1:
         return parts[0]
@@ -136,19 +149,24 @@ def fact_groups(rows_per_fact: list[int], max_rows: int) -> list[list[int]]:
     return groups
 
 
-def _optimize_group(
-    model,
-    per_fact: list[tuple[list[tokens.Row], tokens.Row]],  # (rewrite rows, KL row) of each fact
-    pad: int,
-    layer: int,
-    cfg: ValueConfig,
-    progress: ProgressFn | None,
-    should_stop: Callable[[], bool] | None,
-) -> ValueResult:
-    device = input_device(model)
-    E = len(per_fact)
+# -- one group: the steps of the optimisation ---------------------------------------------------
 
-    # -- rows: every rewrite prompt of every fact, then each fact's KL prompt ----------------
+
+@dataclass
+class _Layout:
+    """Every rewrite prompt of every fact, then each fact's KL prompt, as one right-padded batch."""
+
+    rows: list[tokens.Row]
+    packs: list[_Pack]  # per fact
+    owner: list[int]  # row -> fact
+    is_kl: list[bool]  # row -> is it a KL prompt
+    n_rewrite: torch.Tensor  # (E,) float, rewrite prompts per fact
+    input_ids: torch.Tensor  # (R, T)
+    mask: torch.Tensor  # (R, T)
+    subj: torch.Tensor  # (R,) the subject's last token
+
+
+def _layout(per_fact: list[tuple[list[tokens.Row], tokens.Row]], pad: int, device) -> _Layout:
     rows: list[tokens.Row] = []
     packs: list[_Pack] = []
     for rewrite, _ in per_fact:
@@ -158,154 +176,262 @@ def _optimize_group(
     for e, (_, kl_row) in enumerate(per_fact):
         packs[e].kl_row = len(rows)
         rows.append(kl_row)
+    owner, is_kl = [0] * len(rows), [False] * len(rows)
+    for e, p in enumerate(packs):
+        for r in p.rows + [p.kl_row]:
+            owner[r] = e
+        is_kl[p.kl_row] = True
     input_ids, mask = tokens.collate(rows, pad, device)  # (R, T)
     subj = torch.tensor([r.subject_index for r in rows], device=device)  # (R,)
+    n_rewrite = torch.tensor([len(p.rows) for p in packs], dtype=torch.float32, device=device)  # (E,)
+    return _Layout(rows, packs, owner, is_kl, n_rewrite, input_ids, mask, subj)
 
-    # -- once, without gradients: blocks 0..layer everywhere, and what δ cannot reach above it --
-    pre = prefix_cache.Prefill(model, layer, input_ids, mask, subj, cfg.max_rows, reuse=cfg.reuse_prefix)
+
+@dataclass
+class _Ctx:
+    """What every forward pass of a group shares."""
+
+    model: object
+    body: object  # the base model (no LM head)
+    inject: object  # forward.restart_above's handle: block ``layer`` outputs inject.hidden
+    lay: _Layout
+    pre: prefix_cache.Prefill
+    delta: torch.Tensor  # (E, d_model) the parameters
+    cfg: ValueConfig
+    kl_init: dict  # KL row -> its log-probabilities at δ = 0
+    observe: bool = False  # collect per-prompt figures for an observer
+
+
+@dataclass
+class _Scores:
+    """One step's terms per fact (E entries each), summed over the rows of the active facts."""
+
+    loss: torch.Tensor  # (E,) target NLL (mean over prompts) + kl_factor·KL, with gradient
+    nll: torch.Tensor  # (E,) the target NLL alone, detached
+    ok: list[list[bool]]  # per fact: the stopping rule on each of its rewrite prompts
+    seen: list[list] | None = None  # per fact, per rewrite prompt: (prob, margin, argmax) for an observer
+
+
+def _optimize_group(
+    model,
+    per_fact: list[tuple[list[tokens.Row], tokens.Row]],  # (rewrite rows, KL row) of each fact
+    pad: int,
+    layer: int,
+    cfg: ValueConfig,
+    progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+    observer: Observer | None = None,
+) -> ValueResult:
+    device = input_device(model)
+    lay = _layout(per_fact, pad, device)
+    E = len(lay.packs)
+    # once, without gradients: blocks 0..layer everywhere, and what δ cannot reach above it
+    pre = prefix_cache.Prefill(model, layer, lay.input_ids, lay.mask, lay.subj, cfg.max_rows, reuse=cfg.reuse_prefix)
     hd = pre.hidden.device  # block `layer`'s device: δ and the losses live there (a spread model's GPUs differ)
-    bare = torch.tensor([p.rows[0] for p in packs], device=hd)
-    h_init = pre.hidden[bare, subj.to(hd)[bare]].float()  # (E, d_model)
+    lay.n_rewrite = lay.n_rewrite.to(hd)
+    bare = torch.tensor([p.rows[0] for p in lay.packs], device=hd)
+    h_init = pre.hidden[bare, lay.subj.to(hd)[bare]].float()  # (E, d_model)
     h_norm = h_init.norm(dim=-1)  # (E,)
-
-    body = arch.base_model(model)
     delta = torch.zeros_like(h_init, requires_grad=True)  # (E, d_model)
     opt = torch.optim.Adam([delta], lr=cfg.lr)
+    facts = _FactState(E, cfg)
+    with _frozen(model), forward.restart_above(model, layer) as inject, _attention_for_backward(device):
+        ctx = _Ctx(model, arch.base_model(model), inject, lay, pre, delta, cfg, {}, observe=observer is not None)
+        for step in range(cfg.steps):
+            if should_stop is not None and should_stop():
+                raise EditCancelled("edit cancelled while optimising values; no weight was changed")
+            active = facts.active()
+            if not active:
+                break
+            opt.zero_grad(set_to_none=False)
+            scores = _score_step(ctx, active, check=step == 0 and pre.reusing)
+            if observer is not None:
+                observer(step, delta.detach().clone(), scores.seen)
+            act = torch.tensor(active, device=hd)
+            loss = scores.loss[act] + cfg.weight_decay * delta[act].norm(dim=-1) / h_norm[act] ** 2  # (n_active,)
+            keep = facts.retire(active, scores, step)
+            if keep:
+                loss[torch.tensor(keep, device=hd)].sum().backward()
+            if progress is not None:
+                progress(step + 1, cfg.steps, float(loss.detach().mean()), facts.n_done)
+            if facts.n_done == E:
+                break
+            _step_and_clamp(opt, delta, facts.done, cfg.clamp * h_norm)
 
-    done = torch.zeros(E, dtype=torch.bool)
-    steps_taken = [cfg.steps] * E
-    last_nll = [float("nan")] * E
-    converged = [False] * E
-    kl_init: dict[int, torch.Tensor] = {}
+    out = delta.detach().clone()
+    assert out.shape == (E, h_init.shape[1]), f"delta {tuple(out.shape)} != ({E}, {h_init.shape[1]})"
+    return ValueResult(delta=out.cpu(), h_init=h_init.detach().cpu(), steps=tuple(facts.steps),
+                       nll=tuple(facts.nll), converged=tuple(facts.converged))
 
+
+@contextlib.contextmanager
+def _frozen(model):
+    """The model in eval mode with no parameter requiring a gradient (δ is the only parameter)."""
     grad_flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    n_rows_of = torch.tensor([len(p.rows) for p in packs], dtype=torch.float32, device=hd)  # (E,)
-    owner_of = [0] * len(rows)  # row -> fact
-    for e, p in enumerate(packs):
-        for r in p.rows + [p.kl_row]:
-            owner_of[r] = e
-    is_kl = [False] * len(rows)
-    for p in packs:
-        is_kl[p.kl_row] = True
     try:
-        with forward.restart_above(model, layer) as inject, _attention_for_backward(device):
-
-            def run(bucket: list[int], loss_acc: torch.Tensor, nll_acc: torch.Tensor, hits: list[list[bool]], check: bool) -> torch.Tensor:
-                """Forward the rows of ``bucket``; add each row's loss to its fact in ``loss_acc``."""
-                sel = torch.tensor(bucket, device=device)
-                fid = torch.tensor([owner_of[r] for r in bucket], device=hd)  # (r,)
-                x = pre.batch(sel)
-                slot = (subj[sel] - x.start).to(hd)  # (r,) where the subject's last token sits in the pass
-                h = x.hidden.clone()  # (r, S, d_model)
-                ar = torch.arange(len(bucket), device=hd)
-                h[ar, slot] = h[ar, slot] + delta[fid].to(h.dtype)
-                inject.hidden = h
-                last = body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
-                            **prefix_cache.cache_kwargs(body, x.cache)).last_hidden_state  # (r, S, d_model)
-                if check:  # δ = 0 on the first step: the cached path must reproduce the prefill
-                    _check_reuse(last, x.reference, x.valid)
-
-                rw = [j for j, r in enumerate(bucket) if not is_kl[r]]
-                if rw:  # target NLL, read only at the target positions (the LM head is the costly part)
-                    bj = torch.tensor([j for j in rw for _ in rows[bucket[j]].target_positions], device=last.device)
-                    bp = torch.tensor([p - int(x.start[j]) for j in rw for p in rows[bucket[j]].target_positions],
-                                      device=last.device)
-                    logp = arch.logits(model, last[bj, bp]).float().log_softmax(-1)  # (P, V) on the LM head's device
-                    hv = logp.device
-                    tt = torch.tensor([t for j in rw for t in rows[bucket[j]].target_ids], device=hv)
-                    tok_nll = -logp.gather(1, tt[:, None])[:, 0]  # (P,)
-                    hit = (logp.argmax(-1) == tt).tolist()
-                    counts = torch.tensor([len(rows[bucket[j]].target_ids) for j in rw], device=hv)  # (n_rw,)
-                    row_of_tok = torch.repeat_interleave(torch.arange(len(rw), device=hv), counts)  # (P,)
-                    row_nll = torch.zeros(len(rw), device=hv).index_add(0, row_of_tok, tok_nll) / counts  # (n_rw,)
-                    f_rw = fid[torch.tensor(rw, device=hd)]
-                    contrib = row_nll.to(hd) / n_rows_of[f_rw]  # mean over the fact's prompts
-                    loss_acc = loss_acc.index_add(0, f_rw, contrib)
-                    nll_acc.index_add_(0, f_rw, contrib.detach())
-                    at = 0
-                    for j, n in zip(rw, counts.tolist()):
-                        hits[owner_of[bucket[j]]].append(all(hit[at : at + n]))
-                        at += n
-
-                kj = [j for j, r in enumerate(bucket) if is_kl[r]]
-                if kj:  # KL on "{subject} is a" at the subject's last token
-                    kj_t = torch.tensor(kj, device=last.device)
-                    kl_logp = arch.logits(model, last[kj_t, slot.to(last.device)[kj_t]]).float().log_softmax(-1)  # (k, V)
-                    for i, j in enumerate(kj):
-                        kl_init.setdefault(bucket[j], kl_logp[i].detach())
-                    ref = torch.stack([kl_init[bucket[j]] for j in kj])  # (k, V)
-                    kl = (kl_logp.exp() * (kl_logp - ref)).sum(-1).to(hd)  # (k,)
-                    loss_acc = loss_acc.index_add(0, fid[kj_t.to(hd)], cfg.kl_factor * kl)
-                return loss_acc
-
-            for step in range(cfg.steps):
-                if should_stop is not None and should_stop():
-                    raise EditCancelled("edit cancelled while optimising values; no weight was changed")
-                active = [e for e in range(E) if not done[e]]
-                if not active:
-                    break
-                opt.zero_grad(set_to_none=False)
-                final = step == cfg.steps - 1
-                act_rows = [r for e in active for r in packs[e].rows + [packs[e].kl_row]]
-                while True:
-                    loss_acc = torch.zeros(E, device=hd)
-                    nll_acc = torch.zeros(E, device=hd)
-                    hits: list[list[bool]] = [[] for _ in range(E)]
-                    check = step == 0 and pre.reusing
-                    lengths = [len(rows[r].input_ids) - int(pre.start[r]) for r in act_rows]  # positions each pass runs
-                    try:
-                        for bucket in length_buckets(lengths, cfg.max_rows):
-                            loss_acc = run([act_rows[i] for i in bucket], loss_acc, nll_acc, hits, check)
-                        break
-                    except _ReuseMismatch as err:
-                        log.warning("cached prefix does not reproduce the full forward pass (%s); running whole rows", err)
-                        pre.disable()
-                        kl_init.clear()
-                pre.checked()
-                act = torch.tensor(active, device=hd)
-                wd = cfg.weight_decay * delta[act].norm(dim=-1) / h_norm[act] ** 2  # (n_active,)
-                loss = loss_acc[act] + wd  # (n_active,)
-                keep = []
-                for i, e in enumerate(active):
-                    last_nll[e] = float(nll_acc[e])
-                    converged[e] = all(hits[e])
-                    if (cfg.early_stop and converged[e]) or final:
-                        done[e] = True
-                        steps_taken[e] = step
-                    else:
-                        keep.append(i)
-                if keep:
-                    loss[torch.tensor(keep, device=hd)].sum().backward()
-                if progress is not None:
-                    progress(step + 1, cfg.steps, float(loss.detach().mean()), int(done.sum()))
-                if bool(done.all()):
-                    break
-                frozen = delta.detach()[done].clone()
-                opt.step()
-                with torch.no_grad():
-                    delta[done] = frozen
-                    norm = delta.norm(dim=-1)  # (E,)
-                    limit = cfg.clamp * h_norm
-                    scale = torch.where(norm > limit, limit / norm.clamp_min(1e-12), torch.ones_like(norm))
-                    delta.mul_(scale[:, None])
+        yield
     finally:
         for p, flag in zip(model.parameters(), grad_flags):
             p.requires_grad_(flag)
         model.train(was_training)
 
-    out = delta.detach().clone()
-    assert out.shape == (E, h_init.shape[1]), f"delta {tuple(out.shape)} != ({E}, {h_init.shape[1]})"
-    return ValueResult(
-        delta=out.cpu(),
-        h_init=h_init.detach().cpu(),
-        steps=tuple(steps_taken),
-        nll=tuple(last_nll),
-        converged=tuple(converged),
-    )
+
+def _score_step(ctx: _Ctx, active: list[int], check: bool) -> _Scores:
+    """Forward the active facts' rows (grouped by length); on the first step, the reuse
+    self-check, falling back to whole rows if the cached prefixes do not reproduce the prefill."""
+    lay, pre = ctx.lay, ctx.pre
+    act_rows = [r for e in active for r in lay.packs[e].rows + [lay.packs[e].kl_row]]
+    E, device = len(lay.packs), ctx.delta.device
+    while True:
+        scores = _Scores(torch.zeros(E, device=device), torch.zeros(E, device=device), [[] for _ in range(E)],
+                         [[] for _ in range(E)] if ctx.observe else None)
+        lengths = [len(lay.rows[r].input_ids) - int(pre.start[r]) for r in act_rows]  # positions each pass runs
+        try:
+            for bucket in length_buckets(lengths, ctx.cfg.max_rows):
+                _run_rows(ctx, [act_rows[i] for i in bucket], scores, check)
+            break
+        except _ReuseMismatch as err:
+            log.warning("cached prefix does not reproduce the full forward pass (%s); running whole rows", err)
+            pre.disable()
+            ctx.kl_init.clear()
+            check = False
+    pre.checked()
+    return scores
+
+
+def _run_rows(ctx: _Ctx, bucket: list[int], scores: _Scores, check: bool) -> None:
+    """One forward pass over the rows ``bucket`` with each fact's δ added; adds their terms to ``scores``."""
+    lay, hd = ctx.lay, ctx.delta.device
+    sel = torch.tensor(bucket, device=lay.subj.device)
+    fid = torch.tensor([lay.owner[r] for r in bucket], device=hd)  # (r,)
+    x = ctx.pre.batch(sel)
+    slot = (lay.subj[sel] - x.start).to(hd)  # (r,) where the subject's last token sits in the pass
+    h = x.hidden.clone()  # (r, S, d_model)
+    ar = torch.arange(len(bucket), device=hd)
+    h[ar, slot] = h[ar, slot] + ctx.delta[fid].to(h.dtype)
+    ctx.inject.hidden = h
+    last = ctx.body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
+                    **prefix_cache.cache_kwargs(ctx.body, x.cache)).last_hidden_state  # (r, S, d_model)
+    if check:  # δ = 0 on the first step: the cached path must reproduce the prefill
+        _check_reuse(last, x.reference, x.valid)
+    rw = [j for j, r in enumerate(bucket) if not lay.is_kl[r]]
+    if rw:
+        _target_terms(ctx, bucket, rw, last, x.start, fid, scores)
+    kj = [j for j, r in enumerate(bucket) if lay.is_kl[r]]
+    if kj:
+        _kl_terms(ctx, bucket, kj, last, slot, fid, scores)
+
+
+def _target_terms(ctx: _Ctx, bucket, rw: list[int], last, start, fid, scores: _Scores) -> None:
+    """Teacher-forced target NLL (mean per token, then mean over the fact's prompts), read only
+    at the target positions (the LM head is the costly part), and the stopping rule per prompt."""
+    rows, hd = ctx.lay.rows, ctx.delta.device
+    bj = torch.tensor([j for j in rw for _ in rows[bucket[j]].target_positions], device=last.device)
+    bp = torch.tensor([p - int(start[j]) for j in rw for p in rows[bucket[j]].target_positions], device=last.device)
+    logp = arch.logits(ctx.model, last[bj, bp]).float().log_softmax(-1)  # (P, V) on the LM head's device
+    hv = logp.device
+    tt = torch.tensor([t for j in rw for t in rows[bucket[j]].target_ids], device=hv)  # (P,)
+    tok_nll = -logp.gather(1, tt[:, None])[:, 0]  # (P,)
+    counts = torch.tensor([len(rows[bucket[j]].target_ids) for j in rw], device=hv)  # (n_rw,)
+    row_of_tok = torch.repeat_interleave(torch.arange(len(rw), device=hv), counts)  # (P,)
+    row_nll = torch.zeros(len(rw), device=hv).index_add(0, row_of_tok, tok_nll) / counts  # (n_rw,)
+    f_rw = fid[torch.tensor(rw, device=hd)]
+    contrib = row_nll.to(hd) / ctx.lay.n_rewrite[f_rw]  # mean over the fact's prompts
+    scores.loss = scores.loss.index_add(0, f_rw, contrib)
+    scores.nll.index_add_(0, f_rw, contrib.detach())
+    ok = _stop_rule(logp.detach(), tt, row_of_tok, row_nll.detach(), ctx.cfg)
+    for j, o in zip(rw, ok):
+        scores.ok[ctx.lay.owner[bucket[j]]].append(o)
+    if scores.seen is not None:
+        seen = _prompt_figures(logp.detach(), tt, row_of_tok, row_nll.detach())
+        for j, x in zip(rw, seen):
+            scores.seen[ctx.lay.owner[bucket[j]]].append(x)
+
+
+def _prompt_figures(logp, tt, row_of_tok, row_nll) -> list[tuple[float, float, bool]]:
+    """Per rewrite prompt: target probability, smallest lead over the best other token, all argmax."""
+    target = logp.gather(1, tt[:, None])[:, 0]  # (P,)
+    lead = target - logp.scatter(1, tt[:, None], float("-inf")).max(-1).values  # (P,)
+    n = row_nll.shape[0]
+    low = torch.full((n,), float("inf"), device=lead.device).scatter_reduce(0, row_of_tok, lead, reduce="amin")
+    return [(float(p), float(m), float(m) > 0) for p, m in zip(torch.exp(-row_nll), low)]
+
+
+def _stop_rule(logp: torch.Tensor, tt: torch.Tensor, row_of_tok: torch.Tensor, row_nll: torch.Tensor,
+               cfg: ValueConfig) -> list[bool]:
+    """Per rewrite prompt: the target is the argmax at each of its positions, leads the best
+    other token by ``cfg.margin`` nats there, and has probability ≥ ``cfg.min_prob``."""
+    tok_ok = logp.argmax(-1) == tt  # (P,)
+    if cfg.margin > 0:
+        target = logp.gather(1, tt[:, None])[:, 0]  # (P,)
+        other = logp.scatter(1, tt[:, None], float("-inf")).max(-1).values  # (P,)
+        tok_ok &= target - other >= cfg.margin
+    bad = torch.zeros_like(row_nll).index_add(0, row_of_tok, (~tok_ok).float())  # (n_rw,)
+    row_ok = bad == 0
+    if cfg.min_prob > 0:
+        row_ok &= torch.exp(-row_nll) >= cfg.min_prob
+    return row_ok.tolist()
+
+
+def _kl_terms(ctx: _Ctx, bucket, kj: list[int], last, slot, fid, scores: _Scores) -> None:
+    """kl_factor · KL(p_δ ‖ p_0) of the next token after "{subject} is a", at the subject's last token."""
+    kj_t = torch.tensor(kj, device=last.device)
+    kl_logp = arch.logits(ctx.model, last[kj_t, slot.to(last.device)[kj_t]]).float().log_softmax(-1)  # (k, V)
+    for i, j in enumerate(kj):
+        ctx.kl_init.setdefault(bucket[j], kl_logp[i].detach())
+    ref = torch.stack([ctx.kl_init[bucket[j]] for j in kj])  # (k, V)
+    kl = (kl_logp.exp() * (kl_logp - ref)).sum(-1).to(ctx.delta.device)  # (k,)
+    scores.loss = scores.loss.index_add(0, fid[kj_t.to(ctx.delta.device)], ctx.cfg.kl_factor * kl)
+
+
+class _FactState:
+    """Which facts are still optimised, and what each one reports."""
+
+    def __init__(self, E: int, cfg: ValueConfig) -> None:
+        self.cfg = cfg
+        self.done = torch.zeros(E, dtype=torch.bool)
+        self.steps = [cfg.steps] * E
+        self.nll = [float("nan")] * E
+        self.converged = [False] * E
+        self.streak = [0] * E  # consecutive steps the stopping rule held
+
+    @property
+    def n_done(self) -> int:
+        return int(self.done.sum())
+
+    def active(self) -> list[int]:
+        return [e for e in range(len(self.steps)) if not self.done[e]]
+
+    def retire(self, active: list[int], scores: _Scores, step: int) -> list[int]:
+        """Retire the facts that met the stopping rule (or ran out of steps); returns the
+        positions in ``active`` of those still optimised."""
+        keep = []
+        final = step == self.cfg.steps - 1
+        for i, e in enumerate(active):
+            self.nll[e] = float(scores.nll[e])
+            self.converged[e] = all(scores.ok[e])
+            self.streak[e] = self.streak[e] + 1 if self.converged[e] else 0
+            if (self.cfg.early_stop and self.streak[e] >= self.cfg.patience) or final:
+                self.done[e] = True
+                self.steps[e] = step
+            else:
+                keep.append(i)
+        return keep
+
+
+def _step_and_clamp(opt, delta: torch.Tensor, done: torch.Tensor, limit: torch.Tensor) -> None:
+    """Adam step for the facts still optimised (retired ones keep their δ), then ‖δ_e‖ ≤ limit_e."""
+    frozen = delta.detach()[done].clone()
+    opt.step()
+    with torch.no_grad():
+        delta[done] = frozen
+        norm = delta.norm(dim=-1)  # (E,)
+        scale = torch.where(norm > limit, limit / norm.clamp_min(1e-12), torch.ones_like(norm))
+        delta.mul_(scale[:, None])
 
 
 class _ReuseMismatch(Exception):
@@ -330,7 +456,6 @@ def _attention_for_backward(device):
     """On CPU, PyTorch's flash-attention backward is ~9x its forward in bf16 (measured here); the
     plain-math SDPA kernel backpropagates through ordinary matmuls and makes a value step 1.5x
     faster. GPUs keep their fused kernels."""
-    import contextlib
 
     if device.type != "cpu":
         return contextlib.nullcontext()

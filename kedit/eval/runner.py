@@ -152,6 +152,7 @@ class RunResult:
     score_seconds: float = 0.0
     prompts_scored: int = 0  # (prompt, object) pairs scored, baseline included
     interrupted: bool = False
+    health: dict | None = None  # with ``health=True``: held-out NLL and fluency, edited and unedited
 
     @property
     def metrics(self) -> Metrics:
@@ -182,6 +183,7 @@ class RunResult:
             "prompts_scored": self.prompts_scored,
             "prompts_per_second": self.prompts_scored / self.score_seconds if self.score_seconds else None,
             "interrupted": self.interrupted,
+            "health": self.health,
         }
 
 
@@ -202,15 +204,20 @@ def evaluate(
     score_batch_size: int = 64,
     progress: TickFn | None = None,
     prompting: Prompting = Prompting(),
+    health: bool = False,
 ) -> RunResult:
     """Edit ``records`` in batches of ``batch_size`` and score them; see the module docstring.
 
     ``baseline`` (scores of the same records on the unedited model, in order) is computed first
     when not given. ``prompting``: chat turns and generated answers (``generation.py``).
+    ``health``: also the held-out NLL and the fluency of greedy generations from the rewrite
+    prompts (``editing.health``), on the unedited model and on each edited state (every batch's in
+    batch mode, averaged; the final one in sequential mode).
     """
     from kedit.session.engine import EditStack
 
     records = list(records)
+    checkup = _Checkup(model, tok, records) if health else None
     stack = EditStack.around(editor)
     score_s, n_scored, interrupted = 0.0, 0, False
     base: list[RecordScores] = list(baseline) if baseline is not None else []
@@ -260,6 +267,8 @@ def evaluate(
                     score_s += time.perf_counter() - t
                     n_scored += count_prompts(batch)
                     done.extend(batch)
+                    if checkup:
+                        checkup.measure(batch)
             finally:
                 if not sequential and stack.depth:
                     stack.pop()
@@ -272,6 +281,8 @@ def evaluate(
             dt, n, stopped = score_until_interrupted(model, tok, done, score_batch_size, progress, "score", edited,
                                                      prompting)
             score_s, n_scored, interrupted = score_s + dt, n_scored + n, interrupted or stopped
+            if checkup and not interrupted:
+                checkup.measure(done)
     finally:
         stack.reset()
     scored = done[: len(edited)]
@@ -280,4 +291,31 @@ def evaluate(
         sequential=sequential, batch_size=batch_size, batches=n_batches, facts_edited=n_edited,
         edit_seconds=edit_s, stats_seconds=stats_s, phase_seconds=phases,
         score_seconds=score_s, prompts_scored=n_scored, interrupted=interrupted,
+        health=checkup.summary() if checkup else None,
     )
+
+
+class _Checkup:
+    """Held-out NLL and fluency: of the unedited model at once, of edited states as they come."""
+
+    def __init__(self, model, tok, records: Sequence[EvalRecord]) -> None:
+        from kedit.editing.health import fluency, heldout_nll
+
+        self.model, self.tok = model, tok
+        self.base = {"heldout_nll": heldout_nll(model, tok), "fluency": fluency(model, tok, self.prompts(records))}
+        self.states: list[tuple[int, float, float]] = []  # (records, held-out NLL, fluency)
+
+    @staticmethod
+    def prompts(records) -> list[str]:
+        return [r.rewrite_prompt for r in records]
+
+    def measure(self, records) -> None:
+        from kedit.editing.health import fluency, heldout_nll
+
+        self.states.append((len(records), heldout_nll(self.model, self.tok), fluency(self.model, self.tok, self.prompts(records))))
+
+    def summary(self) -> dict:
+        n = sum(k for k, _, _ in self.states)
+        edited = ({"heldout_nll": sum(k * h for k, h, _ in self.states) / n, "fluency": sum(k * f for k, _, f in self.states) / n}
+                  if n else None)
+        return {"unedited": self.base, "edited": edited}

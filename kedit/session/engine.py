@@ -48,7 +48,7 @@ class EditEngine:
         return self._editors[key]
 
     def edit(self, facts, hp: HParams, progress: ProgressFn | None = None, should_stop=None, remember=()) -> EditResult:
-        """``remember``: the facts of the commits active before this one (``hp.preserve``)."""
+        """``remember``: the commits active before this one, one tuple of facts each (``hp.preserve``)."""
         ed = self.editor(hp)
         t = time.perf_counter()
         if _key(hp) not in self._ready:
@@ -94,9 +94,10 @@ class EditStack:
         return len(self._facts)
 
     @property
-    def remembered(self) -> tuple[Fact, ...]:
-        """The facts of every applied edit, oldest first (what the next edit keeps)."""
-        return tuple(f for facts in self._facts for f in facts)
+    def remembered(self) -> tuple[tuple[Fact, ...], ...]:
+        """The facts of every applied edit, one tuple per edit, oldest first (what the next edit keeps;
+        the editor caches their keys per edit, ``editing/memory.py``)."""
+        return tuple(self._facts)
 
     def edit(self, facts, hp: HParams, progress: ProgressFn | None = None, should_stop=None) -> EditResult:
         """The deltas of ``facts`` on the current weights (not applied)."""

@@ -113,6 +113,10 @@ class CommitEntry(JournalEntry):
     fingerprint: str  # every editable projection after the commit
     efficacy: tuple[FactScore, ...]  # one per fact, measured right after applying
     value_steps: tuple[int, ...] = ()
+    # model health (drift.py): held-out NLL after this commit, and of the base model; None in
+    # entries written before it was measured
+    heldout_nll: float | None = None
+    heldout_base: float | None = None
     kind: str = "commit"
 
     def to_dict(self) -> dict:
@@ -128,6 +132,7 @@ class CommitEntry(JournalEntry):
             method=d["method"], layers=tuple(d["layers"]), hparams=d["hparams"], timings=d["timings"],
             delta_file=d["delta_file"], delta_sha256=d["delta_sha256"], fingerprint=d["fingerprint"],
             efficacy=tuple(FactScore(**s) for s in d["efficacy"]), value_steps=tuple(d.get("value_steps", ())),
+            heldout_nll=d.get("heldout_nll"), heldout_base=d.get("heldout_base"),
         )
 
     @property

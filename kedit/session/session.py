@@ -72,6 +72,7 @@ class Session:
         self.base_fingerprint: str = journal.header.model.fingerprint
         self.hparams = _hparams_for(folder, settings, journal.header, lm)
         self._qcopy = None  # quantised query copy (settings.query_quant), built on first query
+        self._base_nll: float | None = None  # held-out NLL of the base model (health check), measured once
 
     @property
     def wait(self) -> float | None:
@@ -384,6 +385,7 @@ class Session:
         ``EditCancelled`` before any weight or file changes.
         """
         from kedit.editing import Progress, score_targets
+        from kedit.editing.health import session_nll
         from kedit.session.engine import plain
 
         with self._lock, self._folder.journal_lock("committing", self.wait):
@@ -396,6 +398,7 @@ class Session:
             model, tok = self.lm.model, self.lm.tokenizer
             t0 = time.perf_counter()
             before = score_targets(model, tok, [f.text for f in facts], [f.target for f in facts])
+            base_nll = self._heldout_base()
             result = self._stack.edit(facts, hp, progress, should_stop)
             if should_stop is not None and should_stop():
                 raise EditCancelled("commit cancelled; no weight was changed")
@@ -407,6 +410,7 @@ class Session:
             committed = False
             try:
                 after = score_targets(model, tok, [f.text for f in result.facts], [f.target for f in result.facts])
+                heldout = session_nll(model, tok)
                 prob_before = {f: b.prob for f, b in zip(facts, before)}
                 fp = self._stack.fingerprint()
                 seq = self._journal.next_seq
@@ -422,7 +426,8 @@ class Session:
                         delta_sha256=sha, fingerprint=fp,
                         efficacy=tuple(FactScore(prob=round(a.prob, 6), argmax=a.argmax, prob_before=round(prob_before[f], 6))
                                        for f, a in zip(result.facts, after)),
-                        value_steps=tuple(result.value_steps),
+                        value_steps=tuple(result.value_steps), heldout_nll=round(heldout, 6),
+                        heldout_base=round(base_nll, 6),
                     )
                     append_entry(self.journal_path, entry)
                     committed = True  # from here on the commit is in the session, whatever happens next
@@ -438,6 +443,21 @@ class Session:
             if progress:
                 progress(Progress("apply", 2, 2, detail="done"))
             return entry
+
+    def _heldout_base(self) -> float:
+        """Held-out NLL of the base model (measured once per session object)."""
+        if self._base_nll is None:
+            from kedit.editing.health import session_nll
+
+            with self._stack.base():
+                self._base_nll = session_nll(self.lm.model, self.lm.tokenizer)
+        return self._base_nll
+
+    def drift(self, entry: CommitEntry):
+        """How far ``entry`` moved the held-out perplexity (``drift.Drift``; flagged past the threshold)."""
+        from kedit.session.drift import drifts
+
+        return drifts(self._journal.entries, self._settings.drift_threshold)[entry.seq]
 
     def undo(self) -> UndoEntry:
         """Take back the last active commit; the weights become bit-identical to before it."""

@@ -223,7 +223,10 @@ class KeditApp(App):
             self.run_query(self.last_prompt)
 
     def refresh_journal(self) -> None:
-        self.log_pane.set_entries(self.session.entries())
+        from kedit.session.drift import drifts
+
+        entries = self.session.entries()
+        self.log_pane.set_entries(entries, drifts(entries, self.session.settings.drift_threshold))
         self.status.show_session(self.session, "committing" if self.committing else "ready")
 
     @property
@@ -437,6 +440,10 @@ class KeditApp(App):
             title=f"commit {jv.number(entry)}",
             timeout=6,
         )
+        drift = self.log_pane.drifts.get(entry.seq)
+        if drift is not None and drift.flagged:
+            self.notify(f"{drift.describe()}: more than this session's threshold. Ctrl+Z undoes the commit.",
+                        title="the model may be damaged", severity="warning", timeout=12)
         prompt = self.last_prompt or jv.first_prompt(entry)
         if prompt:
             self.query_one("#query-input", Input).value = prompt
@@ -485,7 +492,8 @@ class KeditApp(App):
 
     @on(LogPane.Opened)
     def _open_entry(self, message: LogPane.Opened) -> None:
-        self.push_screen(EntryScreen(message.entry, jv.undone_ids(self.log_pane.entries)))
+        self.push_screen(EntryScreen(message.entry, jv.undone_ids(self.log_pane.entries),
+                                     self.log_pane.drifts.get(message.entry.seq)))
 
     # -- palette actions ----------------------------------------------------------------------
 

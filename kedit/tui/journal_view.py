@@ -88,19 +88,20 @@ def _layers(entry) -> str:
     return ",".join(str(l) for l in entry.layers)
 
 
-def view(entry, undone: set[int]) -> Row:
+def view(entry, undone: set[int], drift=None) -> Row:
+    """``drift``: the entry's ``session.drift.Drift`` (a flagged commit reads "commit ⚠")."""
     if is_commit(entry):
         facts = entry.facts
         what = f"{visible(facts[0].subject)} → {visible(facts[0].target)}" if facts else "–"
         if len(facts) > 1:
             what += f" (+{len(facts) - 1})"
-        kind = "commit (undone)" if entry.seq in undone else "commit"
+        kind = "commit (undone)" if entry.seq in undone else ("commit ⚠" if drift is not None and drift.flagged else "commit")
         return Row(number(entry), kind, what, entry.method, _layers(entry), f"{seconds(entry):.1f}s", efficacy_marks(entry))
     return Row(number(entry), "undo", f"takes back #{entry.undoes}", "", "", "", "")
 
 
-def details(entry, undone: set[int] | None = None) -> Text:
-    """A multi-line description: what, when, how and per-fact efficacy."""
+def details(entry, undone: set[int] | None = None, drift=None) -> Text:
+    """A multi-line description: what, when, how, per-fact efficacy and the model's health."""
     t = Text()
     if not is_commit(entry):
         t.append(f"Undo {number(entry)}", style="bold")
@@ -129,6 +130,10 @@ def details(entry, undone: set[int] | None = None) -> Text:
         if i < len(entry.value_steps):
             t.append(f"  ({entry.value_steps[i]} steps)", style="dim")
         t.append("\n")
+    if drift is not None and drift.since_base is not None:
+        t.append(f"\n{drift.describe()}\n", style="bold red" if drift.flagged else "")
+        if drift.flagged:
+            t.append("this commit moved it more than the session's threshold: Ctrl+Z undoes it\n", style="red")
     t.append(f"\ndelta file {entry.delta_file}\n", style="dim")
     t.append(f"weights fingerprint after: {entry.fingerprint[:16]}…\n", style="dim")
     return t

@@ -44,19 +44,22 @@ class LogPane(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.entries: list = []  # newest first, as shown
+        self.drifts: dict = {}
 
     def compose(self) -> ComposeResult:
         table = LogTable(id="log-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("#", "kind", "facts", "method", "layers", "time", "efficacy")
         yield table
 
-    def set_entries(self, entries) -> None:
+    def set_entries(self, entries, drifts: dict | None = None) -> None:
+        """``drifts``: seq → ``session.drift.Drift`` of each commit (flagged ones are marked)."""
         self.entries = list(reversed(list(entries)))
+        self.drifts = drifts or {}
         table = self.query_one(LogTable)
         table.clear()
         undone = jv.undone_ids(self.entries)
         for e in self.entries:
-            v = jv.view(e, undone)
+            v = jv.view(e, undone, self.drifts.get(e.seq))
             table.add_row(*(cell(c) for c in (v.number, v.kind, v.facts, v.method, v.layers, v.time, v.efficacy)))
         if self.entries:
             table.move_cursor(row=0)
@@ -64,8 +67,17 @@ class LogPane(Vertical):
         n = len(self.entries)
         self.border_subtitle = (
             f"{n} {'entry' if n == 1 else 'entries'}, {commits} {'commit' if commits == 1 else 'commits'}"
-            if self.entries else "no edits yet"
+            + self._health() if self.entries else "no edits yet"
         )
+
+    def _health(self) -> str:
+        """Held-out perplexity of the model now against the base model, when measured."""
+        undone = jv.undone_ids(self.entries)
+        for e in self.entries:  # newest first: the last active commit is the model now
+            if jv.is_commit(e) and e.seq not in undone:
+                d = self.drifts.get(e.seq)
+                return f" · perplexity {d.since_base:+.1%}" if d is not None and d.since_base is not None else ""
+        return ""
 
     def selected(self):
         if not self.entries:

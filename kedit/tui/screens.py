@@ -93,13 +93,13 @@ class EntryScreen(ModalScreen[None]):
         Binding("c,y", "copy", "Copy", id="entry.copy"),
     ]
 
-    def __init__(self, entry, undone: set | None = None) -> None:
+    def __init__(self, entry, undone: set | None = None, drift=None) -> None:
         super().__init__()
-        self.entry, self.undone = entry, undone or set()
+        self.entry, self.undone, self.drift = entry, undone or set(), drift
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="entry-box", classes="modal-box"):
-            yield Static(jv.details(self.entry, self.undone), id="entry-details")
+            yield Static(jv.details(self.entry, self.undone, self.drift), id="entry-details")
             yield Label("[b]c[/b] copy to clipboard · [b]Esc[/b] close", classes="modal-keys")
 
     def on_mount(self) -> None:

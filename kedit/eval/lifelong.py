@@ -1,0 +1,190 @@
+"""The lifelong experiment: many sequential commits, measured as they pile up.
+
+``run_lifelong`` edits records in batches of B, one batch after another on the same model, each
+commit remembering the earlier ones as a session does (``remember``: one tuple of facts per
+commit). At checkpoints (numbers of edits) it scores every record edited so far (ES/PS/NS/S
+beside the same records unedited), the first batch's efficacy now, the held-out NLL
+(``health.heldout_nll``), the norm of the edited projection and the latest commit's time.
+The weights are restored at the end, whatever happens; Ctrl-C returns the checkpoints reached.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from kedit.editing import arch
+from kedit.editing.edit import Editor
+from kedit.editing.health import heldout_nll
+from kedit.eval.metrics import Metrics, RecordScores, summarize
+from kedit.eval.records import EvalRecord
+from kedit.eval.runner import Tick, TickFn, batches_of, score_records
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    edits: int
+    metrics: Metrics  # every record edited so far
+    baseline: Metrics  # the same records on the unedited model
+    first_batch: float  # ES (×100) of the first batch's records, now
+    heldout_nll: float
+    weight_norm: float  # ‖W‖ of the first edit layer's projection
+    commit_seconds: float  # the latest commit: edit + apply
+
+    def to_dict(self, base_nll: float) -> dict:
+        return {"edits": self.edits, "metrics": self.metrics.to_dict(), "baseline": self.baseline.to_dict(),
+                "first_batch_ES": self.first_batch, "heldout_nll": self.heldout_nll,
+                "perplexity_change": math.exp(self.heldout_nll - base_nll) - 1, "weight_norm": self.weight_norm,
+                "commit_seconds": self.commit_seconds}
+
+
+@dataclass(frozen=True)
+class LifelongRun:
+    batch_size: int
+    n_records: int
+    base_nll: float
+    base_weight_norm: float
+    checkpoints: tuple[Checkpoint, ...]
+    commit_seconds: tuple[float, ...]  # every commit, in order
+    interrupted: bool
+
+    def to_dict(self) -> dict:
+        return {"batch_size": self.batch_size, "n_records": self.n_records, "base_heldout_nll": self.base_nll,
+                "base_weight_norm": self.base_weight_norm,
+                "checkpoints": [c.to_dict(self.base_nll) for c in self.checkpoints],
+                "commit_seconds": list(self.commit_seconds), "interrupted": self.interrupted}
+
+
+def default_checkpoints(total: int, batch_size: int, n: int = 8) -> tuple[int, ...]:
+    """About ``n`` evenly spaced numbers of edits (whole batches), the last one ``total``."""
+    step = max(batch_size, round(total / n / batch_size) * batch_size)
+    return tuple(sorted({*range(step, total, step), total}))
+
+
+class _Baseline:
+    """Unedited scores, computed on first need with the base weights lent for a moment."""
+
+    def __init__(self, model, tok, stack, score_batch_size: int) -> None:
+        self.model, self.tok, self.stack, self.bs = model, tok, stack, score_batch_size
+        self.scores: dict[str, RecordScores] = {}
+
+    def of(self, records: Sequence[EvalRecord]) -> list[RecordScores]:
+        todo = [r for r in records if r.case_id not in self.scores]
+        if todo:
+            with self.stack.base():
+                for r, s in zip(todo, score_records(self.model, self.tok, todo, self.bs)):
+                    self.scores[r.case_id] = s
+        return [self.scores[r.case_id] for r in records]
+
+
+def run_lifelong(
+    model,
+    tok,
+    editor: Editor,
+    records: Sequence[EvalRecord],
+    batch_size: int,
+    checkpoints: Sequence[int] | None = None,
+    score_batch_size: int = 64,
+    progress: TickFn | None = None,
+) -> LifelongRun:
+    from kedit.session.engine import EditStack
+
+    records = list(records)
+    marks = sorted(set(checkpoints or default_checkpoints(len(records), batch_size)))
+    layer = editor.hparams.layers[0]
+    stack = EditStack.around(editor)  # applies the commits and remembers their facts, as a session does
+    base = _Baseline(model, tok, stack, score_batch_size)
+    base_nll = heldout_nll(model, tok)
+    base_norm = float(arch.weight_param(model, layer).detach().float().norm())
+    done: list[EvalRecord] = []
+    times: list[float] = []
+    reached: list[Checkpoint] = []
+    interrupted = False
+    try:
+        for batch in batches_of(records, batch_size):
+            if progress:
+                progress(Tick("edit", len(done), len(records), f"commit {stack.depth + 1}"))
+            t = time.perf_counter()
+            res = stack.edit([r.fact for r in batch], editor.hparams)
+            stack.push(res.deltas, res.facts)
+            times.append(time.perf_counter() - t - res.timings.get("statistics", 0.0))
+            done.extend(batch)
+            if (marks and len(done) >= marks[0]) or len(done) == len(records):
+                while marks and marks[0] <= len(done):
+                    marks.pop(0)
+                reached.append(_checkpoint(model, tok, done, len(records[:batch_size]), base, layer, times[-1],
+                                           score_batch_size, progress))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stack.reset()
+    return LifelongRun(batch_size, len(records), base_nll, base_norm, tuple(reached), tuple(times), interrupted)
+
+
+def _checkpoint(model, tok, done, n_first, base: _Baseline, layer, seconds, score_batch_size, progress) -> Checkpoint:
+    if progress:
+        progress(Tick("score", 0, len(done), f"checkpoint at {len(done)} edits"))
+    edited = score_records(model, tok, done, score_batch_size)
+    unedited = base.of(done)
+    first = summarize(edited[:n_first])
+    return Checkpoint(
+        edits=len(done), metrics=summarize(edited, unedited), baseline=summarize(unedited, unedited),
+        first_batch=first.ES or 0.0, heldout_nll=heldout_nll(model, tok),
+        weight_norm=float(arch.weight_param(model, layer).detach().float().norm()), commit_seconds=seconds,
+    )
+
+
+# -- presentation -----------------------------------------------------------------------------
+
+
+def table_rows(run: LifelongRun) -> list[list[str]]:
+    def f(v, d=1):
+        return "—" if v is None else f"{v:.{d}f}"
+
+    rows = []
+    for c in run.checkpoints:
+        ppl = 100 * (math.exp(c.heldout_nll - run.base_nll) - 1)
+        rows.append([str(c.edits), f(c.metrics.ES), f(c.metrics.PS), f"{f(c.metrics.NS)} ({f(c.baseline.NS)})",
+                     f(c.metrics.S), f(c.first_batch), f"{c.heldout_nll:.3f} ({ppl:+.1f}%)",
+                     f(c.weight_norm, 0), f(c.commit_seconds, 2)])
+    return rows
+
+
+COLUMNS = ["edits", "ES", "PS", "NS (unedited)", "S", "first batch ES", "held-out NLL (ppl)", "‖W‖", "commit s"]
+
+
+def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:
+    """Left: ES/PS/NS/S and the first batch's ES against the number of edits (unedited dotted);
+    right: held-out perplexity change and commit time."""
+    from kedit.eval.experiments import _pyplot, _save
+
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    xs = [c.edits for c in run.checkpoints]
+    for i, m in enumerate(("ES", "PS", "NS", "S")):
+        ax.plot(xs, [getattr(c.metrics, m) for c in run.checkpoints], marker="o", color=f"C{i}", label=m)
+        if run.checkpoints:
+            ax.axhline(getattr(run.checkpoints[-1].baseline, m), color=f"C{i}", linestyle=":", linewidth=1)
+    ax.plot(xs, [c.first_batch for c in run.checkpoints], marker="s", color="C4", linestyle="--", label="first batch ES")
+    ax.set_xlabel("edits")
+    ax.set_ylabel("score (×100); dotted: unedited")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ppl = [100 * (math.exp(c.heldout_nll - run.base_nll) - 1) for c in run.checkpoints]
+    bx.plot(xs, ppl, marker="o", color="C3", label="held-out perplexity change (%)")
+    bx.axhline(0, color="grey", linestyle=":", linewidth=1)
+    bx.set_xlabel("edits")
+    bx.set_ylabel("perplexity change vs unedited (%)")
+    bx.grid(alpha=0.3)
+    cx = bx.twinx()
+    cx.plot(xs, [c.commit_seconds for c in run.checkpoints], marker="^", color="C5", linestyle="--", label="commit time (s)")
+    cx.set_ylabel("commit time (s)")
+    lines = bx.get_legend_handles_labels()[0] + cx.get_legend_handles_labels()[0]
+    bx.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
+    fig.suptitle(title or f"Lifelong editing, batches of {run.batch_size}")
+    fig.tight_layout()
+    return _save(fig, plt, path)

@@ -1,0 +1,55 @@
+"""Model health across a session: how far each commit moved the held-out perplexity.
+
+Every commit records the held-out NLL after it and the base model's (``editing.health``). The
+drift of an active commit is measured against the base model (``since_base``) and against the
+commit before it (``step``: what this commit alone did, perplexity ratio − 1). A commit whose
+step exceeds the session's ``drift_threshold`` (a fraction, 0.02 by default) is flagged, and the
+user is told that ``undo`` takes it back. Entries written before the health check have no
+figures and are never flagged. No torch here: ``kedit log`` reads it without a model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DEFAULT_THRESHOLD = 0.02
+
+
+@dataclass(frozen=True)
+class Drift:
+    since_base: float | None  # held-out perplexity after the commit / base − 1
+    step: float | None  # the same against the state before the commit
+    flagged: bool
+
+    def describe(self) -> str:
+        if self.since_base is None:
+            return "held-out perplexity not measured"
+        text = f"held-out perplexity {self.since_base:+.1%} since the base model"
+        if self.step is not None:
+            text += f" ({self.step:+.1%} this commit)"
+        return text
+
+
+def drifts(entries, threshold: float = DEFAULT_THRESHOLD) -> dict[int, Drift]:
+    """Drift of every commit among ``entries`` (journal order), keyed by its seq."""
+    out: dict[int, Drift] = {}
+    stack: list = []  # active commits
+    for e in entries:
+        if getattr(e, "kind", "") == "undo":
+            if stack:
+                stack.pop()
+            continue
+        nll, base = getattr(e, "heldout_nll", None), getattr(e, "heldout_base", None)
+        if nll is None or base is None:
+            out[e.seq] = Drift(None, None, False)
+        else:
+            before = stack[-1].heldout_nll if stack else base
+            step = math.exp(nll - before) - 1 if before is not None else None
+            out[e.seq] = Drift(math.exp(nll - base) - 1, step, step is not None and step > threshold)
+        stack.append(e)
+    return out
+
+
+def undo_hint(session_name: str) -> str:
+    return f"'kedit undo {session_name}' takes it back"

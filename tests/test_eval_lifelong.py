@@ -1,0 +1,103 @@
+"""The lifelong experiment (``kedit lifelong``) and the health figures, on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from test_eval_cli import kedit_env, tiny_env, tiny_model_dir  # noqa: F401  (fixture)
+from kedit.editing import Editor, HParams, ValueConfig
+from kedit.editing.delta import fingerprint
+from kedit.editing.health import generation_entropy, heldout_nll, heldout_paragraphs, ngram_entropy
+from kedit.eval.lifelong import run_lifelong
+from kedit.eval.records import EvalRecord
+from kedit.eval.runner import Tick
+
+SUBJECTS = ["Ames", "Bree", "Colm", "Dunn", "Eddy", "Fenn"]
+
+
+def records_json(path, n=6):
+    recs = [{"case_id": i, "subject": s, "prompt": f"The river of {s} is the", "target_new": "Tarn",
+             "ground_truth": "Ouse", "rephrase_prompt": f"People say the river of {s} is the",
+             "locality_prompt": "The river of Gale is the", "locality_ground_truth": "Wey"}
+            for i, s in enumerate(SUBJECTS[:n])]
+    path.write_text(json.dumps(recs))
+    return path
+
+
+def test_lifelong_command_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
+    model, corpus = tiny_model_dir
+    png = tmp_path / "lifelong.png"
+    proc = kedit_env(tiny_env(tmp_path), "lifelong", "--model", model, "--records", records_json(tmp_path / "r.json"),
+                     "--total", 6, "--batch-size", 2, "--checkpoints", "2,6", "--corpus", corpus, "--plot", png,
+                     "--json", "--set", "values.steps=2", "--set", "stats_tokens=1500", "--set", "null_space=1e6",
+                     "--set", "norm_penalty=10", "--set", "remember_by_commit=true")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [c["edits"] for c in out["checkpoints"]] == [2, 6]
+    assert len(out["commit_seconds"]) == 3 and not out["interrupted"]
+    c = out["checkpoints"][-1]
+    assert c["metrics"]["n"] == 6 and c["baseline"]["n"] == 6 and 0 <= c["first_batch_ES"] <= 100
+    assert math.isfinite(c["heldout_nll"]) and c["weight_norm"] > 0
+    assert out["settings"]["hparams"]["null_space"] == 1e6 and out["settings"]["hparams"]["values"]["steps"] == 2
+    assert out["plot"] == str(png) and png.stat().st_size > 1000
+
+
+def test_ctrl_c_keeps_the_checkpoints_reached_and_restores_the_weights(tokenizer, tmp_path):
+    model = make_tiny_llama(seed=2)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(" ".join(f"Line {i}: the river runs past the mill." for i in range(150)))
+    hp = HParams(method="emmet", layers=(1,), lam=0.0, values=ValueConfig(steps=2), stats_tokens=1500,
+                 stats_seq_len=64, preserve=1.0, remember_by_commit=True)
+    ed = Editor(model, tokenizer, hp, ("A prefix.",), "tiny", corpus=str(corpus), cache_dir=tmp_path / "cache")
+    recs = [EvalRecord(s, s, "The river of {} is the", "Tarn", "Ouse", (), ("The river of Gale is the",), "Wey",
+                       "counterfact") for s in SUBJECTS]
+    before = fingerprint(model, [0, 1, 2, 3])
+
+    def progress(t: Tick) -> None:
+        if t.stage == "edit" and t.detail == "commit 3":
+            raise KeyboardInterrupt
+
+    run = run_lifelong(model, tokenizer, ed, recs, 2, [2, 4, 6], progress=progress)
+    assert run.interrupted and [c.edits for c in run.checkpoints] == [2, 4] and len(run.commit_seconds) == 2
+    assert fingerprint(model, [0, 1, 2, 3]) == before
+
+
+def test_generation_entropy_is_the_published_weighting():
+    text = "the cat sat on the mat . the cat sat on the hat ."
+    h2, h3 = ngram_entropy(text, 2), ngram_entropy(text, 3)
+    assert generation_entropy([text]) == pytest.approx(100 * (h2 / 3 + 2 * h3 / 3))
+    # 4 distinct bigrams of equal count: H₂ = 2 bits
+    assert ngram_entropy("a b c d e", 2) == pytest.approx(2.0)
+    assert generation_entropy(["a a a a a a a a"]) == 0.0  # pure repetition
+    assert generation_entropy([text, "a a a a"]) == pytest.approx(generation_entropy([text]) / 2)
+
+
+def test_heldout_nll_is_the_mean_token_nll(tokenizer):
+    model = make_tiny_llama(seed=1)
+    text = heldout_paragraphs()[0]
+    ids = torch.tensor([tokenizer(text).input_ids])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1]  # (T-1, V)
+    direct = float(-logp.gather(1, ids[0, 1:, None]).mean())
+    assert heldout_nll(model, tokenizer, [text]) == pytest.approx(direct, rel=1e-5)
+    assert len(heldout_paragraphs()) >= 8
+
+
+def test_eval_reports_fluency_and_heldout_perplexity(tmp_path, tiny_model_dir):  # noqa: F811
+    model, corpus = tiny_model_dir
+    recs = records_json(tmp_path / "r.json", n=2)
+    env = tiny_env(tmp_path)
+    proc = kedit_env(env, "eval", "--model", model, "--records", recs, "--batch-size", 1, "--corpus", corpus,
+                     "--json", "--set", "values.steps=2", "--set", "stats_tokens=1500")
+    assert proc.returncode == 0, proc.stderr
+    h = json.loads(proc.stdout)["health"]
+    for state in ("edited", "unedited"):
+        assert math.isfinite(h[state]["heldout_nll"]) and 0 <= h[state]["fluency"] < 2000
+    proc = kedit_env(env, "eval", "--model", model, "--records", recs, "--corpus", corpus, "--set", "values.steps=2",
+                     "--set", "stats_tokens=1500")
+    assert proc.returncode == 0 and "fluency" in proc.stdout and "held-out ppl" in proc.stdout, proc.stderr
