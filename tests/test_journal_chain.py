@@ -165,3 +165,14 @@ def test_appending_after_a_torn_line_is_refused(journal):
     with pytest.raises(CorruptJournalError, match="torn"):
         append_entry(journal, UndoEntry(seq=4, time="t", undoes=1, fingerprint="x"))
     assert journal.read_bytes() == before
+
+
+def test_optional_fields_of_the_wrong_type_are_named(journal):
+    lines = lines_of(journal)
+    lines[1]["heldout_nll"] = "high"
+    lines[1] = chained(lines[1], lines[1]["prev"])
+    for i in range(2, len(lines)):
+        lines[i] = chained(lines[i], lines[i - 1]["hash"])
+    write_lines(journal, lines)
+    with pytest.raises(CorruptJournalError, match=r"journal.jsonl:2: not a valid journal entry \(field 'heldout_nll' is not a number or null\)"):
+        read_journal(journal)

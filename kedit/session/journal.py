@@ -259,6 +259,7 @@ COMMIT_FIELDS = {"seq": int, "time": str, "facts": "facts", "method": str, "laye
                  "timings": "numbers", "delta_file": "relpath", "delta_sha256": str, "fingerprint": str,
                  "efficacy": "scores"}
 UNDO_FIELDS = {"seq": int, "time": str, "undoes": int, "fingerprint": str}
+OPTIONAL_COMMIT_FIELDS = {"value_steps": "ints", "heldout_nll": "number?", "heldout_base": "number?"}
 
 
 def check_fields(d: dict, fields: dict, prefix: str = "") -> None:
@@ -273,12 +274,14 @@ def check_fields(d: dict, fields: dict, prefix: str = "") -> None:
 _KIND_NAMES = {str: "text", int: "a whole number", dict: "an object", "ints": "a list of whole numbers",
                "strs": "a list of texts", "facts": "a list of facts (objects with subject, prompt, target)",
                "numbers": "an object of numbers", "relpath": "a path inside the session folder",
-               "scores": "a list of scores (prob, argmax, prob_before)"}
+               "scores": "a list of scores (prob, argmax, prob_before)", "number?": "a number or null"}
 
 
 def _is(v, kind) -> bool:
     if kind is int:
         return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "number?":
+        return v is None or (isinstance(v, _NUMBER) and not isinstance(v, bool))
     if kind == "ints":
         return isinstance(v, list) and all(_is(x, int) for x in v)
     if kind == "strs":
@@ -325,7 +328,7 @@ def _parse(raw: bytes) -> dict | None:
 def _entry(d: dict) -> JournalEntry:
     kind = d.get("kind")
     if kind == "commit":
-        check_fields(d, COMMIT_FIELDS | ({"value_steps": "ints"} if "value_steps" in d else {}))
+        check_fields(d, COMMIT_FIELDS | {k: kind for k, kind in OPTIONAL_COMMIT_FIELDS.items() if k in d})
         return CommitEntry.from_dict(d)
     if kind == "undo":
         check_fields(d, UNDO_FIELDS)
