@@ -23,6 +23,7 @@ import torch
 
 from kedit.editing import arch
 from kedit.editing.keys import compute_keys
+from kedit.editing.placement import written_weight
 from kedit.facts import Fact
 
 Group = tuple[Fact, ...]  # the facts of one commit, in the commit's order
@@ -35,9 +36,10 @@ class RememberedKeys:
         self.computed = 0  # facts whose keys were computed here (not found in the cache)
 
     def stamp(self, layer: int) -> tuple:
-        """What the keys at ``layer`` depend on among the tensors kedit writes."""
-        ws = [arch.weight_param(self.model, j) for j in range(layer)]
-        return tuple((id(w), w._version) for w in ws)
+        """What the keys at ``layer`` depend on among the tensors kedit writes. An offloaded
+        projection that was never loaded stamps as None (reading it would pull it into memory)."""
+        ws = [written_weight(arch.mlp_out_module(self.model, j)) for j in range(layer)]
+        return tuple(None if w is None else (id(w), w._version) for w in ws)
 
     def seed(self, layer: int, group: Group, keys: torch.Tensor, stamp: tuple) -> None:
         """Keys a commit computed for its own facts (``compute_keys(group, [layer])`` under ``stamp``)."""

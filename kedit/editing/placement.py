@@ -165,6 +165,16 @@ def read_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
     return loader[prefix + name].to(p.dtype)
 
 
+def written_weight(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
+    """``held_weight`` without loading anything: None for an offloaded weight that no one has
+    held yet (it is still exactly the file's, so nothing kedit wrote can be in it)."""
+    p = getattr(module, name)
+    if p.device.type != "meta":
+        return p
+    loader, prefix = _weights_map(module)
+    return loader.state_dict.get(prefix + name)
+
+
 def held_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """The tensor that *is* ``module.<name>``: the parameter itself, or for an offloaded module the
     weights map's in-memory copy (made on first use, in the parameter's dtype), which every
