@@ -16,6 +16,7 @@ back to running whole rows (``start = 0``), the plain path, and nothing else cha
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import logging
@@ -55,8 +56,13 @@ def _kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
 def cache_kwargs(body: nn.Module, cache) -> dict:
     """The keyword arguments that hand ``cache`` to the decoder ``body``: transformers ≥ 5.24 calls
     it ``cache`` (``past_key_values`` is deprecated there), earlier versions ``past_key_values``."""
-    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-    return {name: cache, "use_cache": cache is not None}
+    return {_cache_param(type(body)): cache, "use_cache": cache is not None}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_param(body_cls: type) -> str:
+    """The name a decoder class's forward gives its cache argument (read once per class, not per step)."""
+    return "cache" if "cache" in inspect.signature(body_cls.forward).parameters else "past_key_values"
 
 
 def returned_cache(out):
