@@ -1,6 +1,6 @@
 """Edit speed on the default model: batched value optimisation vs a one-fact-at-a-time loop.
 
-    .venv/bin/python benchmarks/bench_edit.py [--facts 16] [--dtype bfloat16] [--layer N]
+    .venv/bin/python benchmarks/bench_edit.py [--facts 16] [--dtype float32|bfloat16] [--layer N]
 
 Edits the first N CounterFact records (by default the project's own
 examples/facts/counterfact-kedit-48-flat.json; any CounterFact file with --records FILE) on the
@@ -115,7 +115,7 @@ def reference_values(model, tok, facts, layer, prefixes, cfg) -> list[int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--facts", type=int, default=16)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: auto, bf16 only where the CPU has it natively)")
     ap.add_argument("--layer", type=int, default=None)
     ap.add_argument("--records", type=Path, default=DEFAULT_RECORDS)
     ap.add_argument("--presets", action="store_true", help="compare the preset with the previous one (quality and time)")

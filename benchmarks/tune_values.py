@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=64)
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: auto, bf16 only where the CPU has it natively)")
     ap.add_argument("--rules", default="argmax;p=0.5;p=0.8;m=1;m=2;pat=2;full")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -85,7 +85,7 @@ def main() -> None:
     from kedit.editing import arch
     from kedit.eval.metrics import summarize
     from kedit.eval.records import load_records
-    from kedit.eval.runner import batches_of, restore_weights, save_weights, score_records
+    from kedit.eval.runner import batches_of, score_records
     from kedit.paths import cache_dir
 
     rules = [Rule.parse(r) for r in args.rules.split(";")]
@@ -97,7 +97,8 @@ def main() -> None:
     prefixes = tuple(sample_prefixes(m, tok, hp.n_prefixes, hp.prefix_len, seed=0))
     ed = Editor(m, tok, hp, prefixes, model_fingerprint(m), cache_dir=cache_dir())
     factor = ed.factors()[layer]
-    saved = save_weights(m, [layer])
+    weight = arch.weight_param(m, layer)
+    saved = weight.detach().clone()  # the unedited projection, restored after every rule
     base = score_records(m, tok, recs)
     edited: dict[str, list] = {r.name: [] for r in rules}
     steps: dict[str, list[int]] = {r.name: [] for r in rules}
@@ -120,7 +121,8 @@ def main() -> None:
             U, V = ed._solve(K, delta.T, factor, layer, [f.label for f in facts], None)
             apply_deltas(m, [Delta(layer, arch.mlp_out_name(m, layer), U.float(), V.float())])
             edited[rule.name] += score_records(m, tok, batch)
-            restore_weights(m, saved)
+            with torch.no_grad():
+                weight.copy_(saved)
             steps[rule.name] += at
         print(f"batch {b + 1}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     rows = []
