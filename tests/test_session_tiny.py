@@ -480,3 +480,28 @@ def test_two_sessions_on_one_folder_catch_up_and_never_reuse_an_entry_number(tmp
     assert u.seq == 3 and u.undoes == 2 and a.fingerprint() == c1.fingerprint
     assert b.refresh() and b.fingerprint() == c1.fingerprint and [e.kind for e in b.entries()][-1] == "undo"
     assert same(state(a.lm.model), state(b.lm.model))
+
+
+def test_a_commit_records_its_threads_and_recompute_uses_them(tmp_path, tiny_dir, corpus, monkeypatch):
+    """The last bit of a CPU matrix product depends on the thread count, so a commit made while
+    another kedit process computed (and so with fewer threads) is recomputed with its own count."""
+    from kedit.editing import cpu
+    from kedit.session.engine import EditStack
+    from kedit.session.replay import replay
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu._State, "fixed", 1)
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    s.add(FACTS[0])
+    s.commit()
+    (entry,) = read_journal(s.journal_path).entries
+    assert entry.threads == 1 and torch.get_num_threads() == before
+    monkeypatch.setattr(cpu._State, "fixed", None)
+    seen, edit = [], EditStack.edit
+    monkeypatch.setattr(EditStack, "edit", lambda self, *a, **k: (seen.append(torch.get_num_threads()), edit(self, *a, **k))[1])
+    torch.set_num_threads(2)
+    try:
+        r = replay(s.journal_path, recompute=True, verify=True)
+        assert seen == [1] and r.mismatches == [] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

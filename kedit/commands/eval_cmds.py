@@ -60,8 +60,10 @@ class _Setup:
         from kedit.editing.hparams import with_settings
         from kedit.paths import cache_dir
 
+        from kedit.editing import cpu
+
         if threads:
-            torch.set_num_threads(threads)
+            cpu.fix_threads(threads)
         err = _err()
         if not quiet:
             from kedit.show import markup
@@ -81,6 +83,12 @@ class _Setup:
             err.print("[dim]sampling context prefixes …[/]", markup=True)
         self.prefixes = tuple(sample_prefixes(self.model, self.tok, hp.n_prefixes, hp.prefix_len, seed))
         self.name = model
+
+    def computing(self):
+        """This run's share of the CPU, beside other kedit processes computing (``editing.cpu``)."""
+        from kedit.editing import cpu
+
+        return cpu.computing(dynamic=True)
 
     def editor(self, layers: tuple[int, ...] | None = None):
         from kedit.editing import Editor
@@ -230,7 +238,7 @@ def eval_cmd(
         s.hparams = replace(s.hparams, values=replace(s.hparams.values, chat=chat_edits))
     prompting = Prompting(chat=chat, gen_tokens=(CHAT_NEW_TOKENS if chat else 10) if gen_tokens is None else gen_tokens)
     started = time.perf_counter()
-    with _Bar(True) as bar:
+    with s.computing(), _Bar(True) as bar:
         res = evaluate(s.model, s.tok, s.editor(), recs, batch_size, sequential=sequential,
                        score_batch_size=score_batch_size, progress=bar, prompting=prompting, health=health)
     settings = s.settings(records=str(records), offset=offset, limit=limit, n_requested=len(recs),
@@ -320,7 +328,7 @@ def sweep_layers_cmd(
     for l in todo:
         arch.mlp_out_module(s.model, l)  # a clear error for a layer the model lacks
     b = batch_size or len(recs)
-    with _Bar(True) as bar:
+    with s.computing(), _Bar(True) as bar:
         exp = sweep_layers(s.model, s.tok, lambda l: s.editor((l,)), recs, todo, b, score_batch_size, bar)
     settings = s.settings(records=str(records), offset=offset, limit=limit, layers=list(todo), batch_size=b,
                           score_batch_size=score_batch_size, format=recs[0].source)
@@ -362,7 +370,7 @@ def scale_cmd(
         parse_ints(layers, "layers")
     recs = _load(records, offset, total)
     s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
-    with _Bar(True) as bar:
+    with s.computing(), _Bar(True) as bar:
         exp = scale_batches(s.model, s.tok, s.editor(), recs, sizes, score_batch_size, bar)
     settings = s.settings(records=str(records), offset=offset, total=len(recs), batch_sizes=list(sizes),
                           score_batch_size=score_batch_size, format=recs[0].source)
@@ -404,7 +412,7 @@ def lifelong_cmd(
         parse_ints(layers, "layers")
     recs = _load(records, offset, total)
     s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
-    with _Bar(True) as bar:
+    with s.computing(), _Bar(True) as bar:
         run = run_lifelong(s.model, s.tok, s.editor(), recs, batch_size, marks, score_batch_size, bar)
     title = f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}: {len(recs)} sequential edits, batches of {batch_size}"
     saved = str(plot_lifelong(run, plot, f"{model}: {title}")) if plot is not None and run.checkpoints else None

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from kedit.editing import arch, forward
+from kedit.editing import arch, cpu, forward
 from kedit.editing.corpus import Corpus
 from kedit.editing.placement import input_device
 from kedit.errors import EditCancelled, UsageError
@@ -86,6 +86,7 @@ def collect_second_moments(
     model.eval()
     try:
         for b in range(0, len(chunks), batch_size):
+            cpu.rebalance()
             if should_stop is not None and should_stop():
                 raise EditCancelled("statistics collection cancelled; nothing was cached")
             part = chunks[b : b + batch_size]

@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from kedit.editing import arch, forward, prefix_cache, tokens
+from kedit.editing import arch, cpu, forward, prefix_cache, tokens
 from kedit.editing.chat import chat_rewrite_template
 from kedit.editing.placement import input_device
 from kedit.editing.prefixes import templates
@@ -243,6 +243,7 @@ def _optimize_group(
             active = facts.active()
             if not active:
                 break
+            cpu.rebalance()  # an evaluation follows other kedit processes; a commit keeps its count
             opt.zero_grad(set_to_none=False)
             scores = _score_step(ctx, active, check=step == 0 and pre.reusing)
             if observer is not None:

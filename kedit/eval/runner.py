@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-from kedit.editing import tokens
+from kedit.editing import cpu, tokens
 from kedit.editing.chat import chat_restated, chat_text
 from kedit.editing.edit import Editor, Progress
 from kedit.editing.scoring import score_targets
@@ -85,6 +85,7 @@ def iter_scores(
                     prompts += [forced, forced]
                     targets += [r.target_new, true]
                     where.append((i, part, true))
+        cpu.rebalance()
         scores = score_targets(model, tok, prompts, targets, batch_size=batch_size)
         answers = greedy_answers(model, tok, asked, prompting.gen_tokens) if prompting.gen_tokens else None
         parts: list[dict[str, list[Pair]]] = [{k: [] for k in PARTS} for _ in chunk]

@@ -117,6 +117,9 @@ class CommitEntry(JournalEntry):
     # entries written before it was measured
     heldout_nll: float | None = None
     heldout_base: float | None = None
+    # CPU threads the commit computed with (the last bit of a CPU matrix product depends on it;
+    # ``replay --recompute`` uses it); None on a GPU and in entries written before it was recorded
+    threads: int | None = None
     kind: str = "commit"
 
     def to_dict(self) -> dict:
@@ -132,7 +135,7 @@ class CommitEntry(JournalEntry):
             method=d["method"], layers=tuple(d["layers"]), hparams=d["hparams"], timings=d["timings"],
             delta_file=d["delta_file"], delta_sha256=d["delta_sha256"], fingerprint=d["fingerprint"],
             efficacy=tuple(FactScore(**s) for s in d["efficacy"]), value_steps=tuple(d.get("value_steps", ())),
-            heldout_nll=d.get("heldout_nll"), heldout_base=d.get("heldout_base"),
+            heldout_nll=d.get("heldout_nll"), heldout_base=d.get("heldout_base"), threads=d.get("threads"),
         )
 
     @property
@@ -259,7 +262,8 @@ COMMIT_FIELDS = {"seq": int, "time": str, "facts": "facts", "method": str, "laye
                  "timings": "numbers", "delta_file": "relpath", "delta_sha256": str, "fingerprint": str,
                  "efficacy": "scores"}
 UNDO_FIELDS = {"seq": int, "time": str, "undoes": int, "fingerprint": str}
-OPTIONAL_COMMIT_FIELDS = {"value_steps": "ints", "heldout_nll": "number?", "heldout_base": "number?"}
+OPTIONAL_COMMIT_FIELDS = {"value_steps": "ints", "heldout_nll": "number?", "heldout_base": "number?",
+                          "threads": "count?"}
 
 
 def check_fields(d: dict, fields: dict, prefix: str = "") -> None:
@@ -274,12 +278,15 @@ def check_fields(d: dict, fields: dict, prefix: str = "") -> None:
 _KIND_NAMES = {str: "text", int: "a whole number", dict: "an object", "ints": "a list of whole numbers",
                "strs": "a list of texts", "facts": "a list of facts (objects with subject, prompt, target)",
                "numbers": "an object of numbers", "relpath": "a path inside the session folder",
-               "scores": "a list of scores (prob, argmax, prob_before)", "number?": "a number or null"}
+               "scores": "a list of scores (prob, argmax, prob_before)", "number?": "a number or null",
+               "count?": "a whole number ≥ 1 or null"}
 
 
 def _is(v, kind) -> bool:
     if kind is int:
         return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "count?":
+        return v is None or (_is(v, int) and v >= 1)
     if kind == "number?":
         return v is None or (isinstance(v, _NUMBER) and not isinstance(v, bool))
     if kind == "ints":

@@ -61,7 +61,7 @@ class ReplayReport:
 def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = False,
                 progress: Callable | None = None, inner_progress: Callable | None = None) -> tuple[ReplayReport, object]:
     """Replay ``journal`` on ``lm`` (already loaded and checked). Returns the report and the ``EditStack``."""
-    from kedit.editing import HParams, Progress
+    from kedit.editing import HParams, Progress, cpu
     from kedit.session.engine import EditStack
 
     t0 = time.perf_counter()
@@ -74,7 +74,8 @@ def replay_into(lm, journal: Journal, recompute: bool = False, verify: bool = Fa
             progress(Progress("replay", i, total, detail=_describe(e)))
         if isinstance(e, CommitEntry):
             if recompute:
-                deltas = stack.edit(list(e.facts), HParams.from_dict(e.hparams), inner_progress).deltas
+                with cpu.threads(e.threads):  # the commit's own thread count, where it was recorded
+                    deltas = stack.edit(list(e.facts), HParams.from_dict(e.hparams), inner_progress).deltas
             else:
                 deltas = store.read_deltas(journal.folder, e.delta_file, e.delta_sha256, e.seq)
             stack.push(deltas, e.facts)

@@ -384,11 +384,12 @@ class Session:
         ``after`` tells readers which facts it consumed). ``should_stop`` cancels with
         ``EditCancelled`` before any weight or file changes.
         """
-        from kedit.editing import Progress, score_targets
+        from kedit.editing import Progress, cpu, score_targets
         from kedit.editing.health import session_nll
         from kedit.session.engine import plain
 
-        with self._lock, self._folder.journal_lock("committing", self.wait):
+        # one thread count for the whole commit, recorded: ``replay --recompute`` needs it (cpu.py)
+        with self._lock, self._folder.journal_lock("committing", self.wait), cpu.computing(dynamic=False) as threads:
             self._refresh()
             self._remove_leftovers()
             facts = list(self.queue)
@@ -427,7 +428,7 @@ class Session:
                         efficacy=tuple(FactScore(prob=round(a.prob, 6), argmax=a.argmax, prob_before=round(prob_before[f], 6))
                                        for f, a in zip(result.facts, after)),
                         value_steps=tuple(result.value_steps), heldout_nll=round(heldout, 6),
-                        heldout_base=round(base_nll, 6),
+                        heldout_base=round(base_nll, 6), threads=threads if self.lm.device.type == "cpu" else None,
                     )
                     append_entry(self.journal_path, entry)
                     committed = True  # from here on the commit is in the session, whatever happens next
