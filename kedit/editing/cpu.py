@@ -137,7 +137,10 @@ def _withdraw() -> None:
 
 
 def _live_pids() -> list[int]:
-    """Processes with a file in ``busy/`` that still run (files of dead ones are removed)."""
+    """Processes with a file in ``busy/`` that still run (files of dead ones are removed; on
+    systems without POSIX signals only this process is counted)."""
+    if os.name != "posix":
+        return []
     try:
         entries = list(busy_dir().iterdir())
     except OSError:
@@ -160,6 +163,8 @@ def _live_pids() -> list[int]:
 
 
 def _alive(pid: int, started: str) -> bool:
+    if os.name != "posix":  # os.kill there would end the process; such a file is left to its owner
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,88 @@
+"""Does a commit get slower as a session remembers more facts?
+
+    .venv/bin/python benchmarks/bench_commit_growth.py --records VAL_RECORDS [--remembered 1000] [--batch 16]
+
+In one run on the default model (the preset, EMMET on layer 1; remembered facts' keys cached per
+commit): the session's first commit of ``--batch`` facts, then ``--remembered`` facts pushed as
+earlier commits of ``--batch`` (with zero deltas, so the weights stay the base model's and the
+value optimisation of the next commits has the same work as the first's), then two more commits
+of new facts. The first of those computes the earlier commits' keys once, as a session reopened
+after many commits does; the second is the steady state the target is about: commit time at
+1,000 remembered facts ≤ 1.5× the first commit's. Prints each commit's time per phase, its mean
+value steps, and the ratio of the non-value phases and of the whole commit to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=Path, required=True)
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--remembered", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: auto)")
+    args = ap.parse_args()
+
+    import torch
+
+    from kedit.editing import Editor, load_model, model_fingerprint, preset, sample_prefixes
+    from kedit.editing.delta import Delta
+    from kedit.eval.records import load_records
+    from kedit.paths import cache_dir
+    from kedit.session.engine import EditStack
+
+    n_pushed = args.remembered - args.batch  # the first commit is remembered too
+    recs = load_records(args.records, offset=args.offset, limit=args.remembered + 2 * args.batch)
+    if len(recs) < args.remembered + 2 * args.batch:
+        raise SystemExit(f"{args.records} has {len(recs)} records from {args.offset}; "
+                         f"{args.remembered + 2 * args.batch} are needed")
+    facts = [r.fact for r in recs]
+    lm = load_model("default", device="cpu", dtype=args.dtype)
+    m, tok = lm.model, lm.tokenizer
+    hp = preset("default", "emmet")
+    prefixes = tuple(sample_prefixes(m, tok, hp.n_prefixes, hp.prefix_len, seed=0))
+    ed = Editor(m, tok, hp, prefixes, model_fingerprint(m), cache_dir=cache_dir())
+    ed.factors()  # C0 read (or computed) before the clock starts
+    stack = EditStack.around(ed)
+    print(f"default model ({lm.dtype}, {torch.get_num_threads()} threads), EMMET layers {list(hp.layers)}, "
+          f"batches of {args.batch}", file=sys.stderr)
+
+    rows = []
+
+    def commit(name: str, batch) -> None:
+        t = time.perf_counter()
+        res = stack.edit(batch, hp)
+        stack.push(res.deltas, res.facts)
+        total = time.perf_counter() - t
+        steps = sum(res.value_steps) / len(res.value_steps)
+        rows.append((name, stack.depth - 1, total, res.timings, steps))
+        print(f"{name}: {total:.1f} s", file=sys.stderr)
+
+    b = args.batch
+    commit("first commit", facts[:b])
+    zero = [Delta(d.layer, d.module, torch.zeros_like(d.U), torch.zeros_like(d.V)) for d in stack.weights.pop()]
+    stack.weights.apply(zero)  # the first commit stays remembered, its change is taken back
+    for i in range(b, b + n_pushed, b):
+        stack.push(zero, facts[i : i + b])
+    commit("first commit after reopening", facts[b + n_pushed : 2 * b + n_pushed])
+    commit("next commit (steady)", facts[2 * b + n_pushed : 3 * b + n_pushed])
+
+    phases = sorted({k for r in rows for k in r[3]} - {"statistics"})
+    print(f"{'':<30}{'remembered':>11}{'total s':>9}" + "".join(f"{p + ' s':>10}" for p in phases) + f"{'steps':>7}")
+    for name, remembered, total, timings, steps in rows:
+        print(f"{name:<30}{remembered * b:>11}{total:>9.1f}" + "".join(f"{timings.get(p, 0.0):>10.2f}" for p in phases)
+              + f"{steps:>7.1f}")
+    first, steady = rows[0], rows[-1]
+    other = lambda r: r[2] - r[3].get("values", 0.0)  # noqa: E731
+    print(f"steady commit at {steady[1] * b} remembered vs the first: {steady[2] / first[2]:.2f}x in all, "
+          f"{other(steady) / other(first):.2f}x outside the value optimisation (target ≤ 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
