@@ -19,11 +19,13 @@ facts per second for:
 Statistics are computed fresh in a temporary cache once and then reused, so the runs compare the
 edit itself.
 
-    .venv/bin/python benchmarks/bench_edit.py --presets [--facts 64] [--batch 16] [--offset 500]
+    .venv/bin/python benchmarks/bench_edit.py --presets --records R [--facts 64] [--batch 16] [--offset 500] \
+        [--candidate values.min_prob=0.5 ...]
 
-compares instead, in the same run on the same records, the default model's preset with the one
-it had before the lifelong-editing work (the argmax stopping rule, no lifelong options): ES, PS,
-NS and S of batches edited on fresh weights (beside the unedited model) and the edit time per fact.
+compares instead, in the same run on the same records, the default model's preset with a
+candidate: the preset with the ``--candidate NAME=VALUE`` settings (as ``kedit eval --set``; by
+default the stopping rule measured last, ``values.min_prob=0.5``). ES, PS, NS and S of batches
+edited on fresh weights (beside the unedited model) and the edit time per fact.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: auto, bf16 only where the CPU has it natively)")
     ap.add_argument("--layer", type=int, default=None)
     ap.add_argument("--records", type=Path, default=DEFAULT_RECORDS)
-    ap.add_argument("--presets", action="store_true", help="compare the preset with the previous one (quality and time)")
+    ap.add_argument("--presets", action="store_true", help="compare the preset with a candidate (quality and time)")
+    ap.add_argument("--candidate", action="append", default=None,
+                    help="--presets: a setting of the candidate, NAME=VALUE (repeatable; default values.min_prob=0.5)")
     ap.add_argument("--batch", type=int, default=16, help="--presets: facts per edit")
     ap.add_argument("--offset", type=int, default=500, help="--presets: first record (the tests use the first 32)")
     args = ap.parse_args()
@@ -201,13 +205,6 @@ def main() -> None:
           f"greedy {greedy_hits:.0%} (new target is the greedy continuation)")
 
 
-def previous_preset(hp):
-    """The default model's preset before the lifelong-editing work: stop at the argmax, no lifelong options."""
-    values = dataclasses.replace(hp.values, min_prob=0.0, margin=0.0, patience=1)
-    return dataclasses.replace(hp, values=values, norm_penalty=0.0, null_space=0.0, value_norm=0.0,
-                               remember_by_commit=False)
-
-
 def compare_presets(args) -> None:
     import torch
 
@@ -216,19 +213,22 @@ def compare_presets(args) -> None:
     from kedit.eval.runner import evaluate
     from kedit.paths import cache_dir
 
+    from kedit.editing.hparams import with_settings
+
     recs = load_records(args.records, offset=args.offset, limit=args.facts)
     lm = load_model("default", device="cpu", dtype=args.dtype)
     m, tok = lm.model, lm.tokenizer
-    new = preset("default", "emmet")
+    old = preset("default", "emmet")
     if args.layer is not None:
-        new = dataclasses.replace(new, layers=(args.layer,))
-    old = previous_preset(new)
+        old = dataclasses.replace(old, layers=(args.layer,))
+    settings = args.candidate or ["values.min_prob=0.5"]
+    new = with_settings(old, settings)
     prefixes = tuple(sample_prefixes(m, tok, new.n_prefixes, new.prefix_len, seed=0))
     fp = model_fingerprint(m)
     print(f"model default ({lm.dtype}, {torch.get_num_threads()} threads), {len(recs)} CounterFact records from "
           f"{args.offset}, batches of {args.batch} on fresh weights", file=sys.stderr)
     rows, base = [], None
-    for name, hp in (("previous preset", old), ("preset", new)):
+    for name, hp in (("preset", old), ("candidate", new)):
         ed = Editor(m, tok, hp, prefixes, fp, cache_dir=cache_dir())
         ed.factors()  # C0 read (or computed) before the clock starts
         res = evaluate(m, tok, ed, recs, args.batch, baseline=base)
@@ -242,7 +242,8 @@ def compare_presets(args) -> None:
     print(f"{'unedited':<18}{b.ES:>7.1f}{b.PS:>7.1f}{b.NS:>7.1f}{b.S:>7.1f}{'-':>9}")
     for name, mt, spf in rows:
         print(f"{name:<18}{mt.ES:>7.1f}{mt.PS:>7.1f}{mt.NS:>7.1f}{mt.S:>7.1f}{spf:>9.2f}")
-    print(f"time per fact, preset vs previous: {rows[1][2] / rows[0][2]:.2f}x (same run)")
+    print(f"candidate: {' '.join(settings)}")
+    print(f"time per fact, candidate vs preset: {rows[1][2] / rows[0][2]:.2f}x (same run)")
 
 
 if __name__ == "__main__":
