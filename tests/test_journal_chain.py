@@ -167,12 +167,17 @@ def test_appending_after_a_torn_line_is_refused(journal):
     assert journal.read_bytes() == before
 
 
-def test_optional_fields_of_the_wrong_type_are_named(journal):
+@pytest.mark.parametrize("field, value, kind", [
+    ("heldout_nll", "high", "a number or null"),
+    ("threads", 0, "a whole number ≥ 1 or null"),
+    ("threads", "two", "a whole number ≥ 1 or null"),
+])
+def test_optional_fields_of_the_wrong_type_are_named(journal, field, value, kind):
     lines = lines_of(journal)
-    lines[1]["heldout_nll"] = "high"
+    lines[1][field] = value
     lines[1] = chained(lines[1], lines[1]["prev"])
     for i in range(2, len(lines)):
         lines[i] = chained(lines[i], lines[i - 1]["hash"])
     write_lines(journal, lines)
-    with pytest.raises(CorruptJournalError, match=r"journal.jsonl:2: not a valid journal entry \(field 'heldout_nll' is not a number or null\)"):
+    with pytest.raises(CorruptJournalError, match=rf"journal.jsonl:2: not a valid journal entry \(field '{field}' is not {kind}\)"):
         read_journal(journal)
