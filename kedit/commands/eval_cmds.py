@@ -54,13 +54,9 @@ class _Setup:
 
     def __init__(self, model: str, method: str, layers: str | None, dtype, device, seed: int, corpus: str,
                  threads: int | None, quiet: bool, overrides: list[str] | None = None) -> None:
-        import torch
-
-        from kedit.editing import arch, load_model, model_fingerprint, preset, sample_prefixes
+        from kedit.editing import arch, cpu, load_model, model_fingerprint, preset, sample_prefixes
         from kedit.editing.hparams import with_settings
         from kedit.paths import cache_dir
-
-        from kedit.editing import cpu
 
         if threads:
             cpu.fix_threads(threads)
