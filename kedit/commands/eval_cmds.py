@@ -1,5 +1,6 @@
-"""Evaluation commands: ``eval`` (how well edits hold), ``sweep-layers`` (which layer edits best) and
-``scale`` (how quality changes with the batch size, all at once versus batch after batch).
+"""Evaluation commands: ``eval`` (how well edits hold), ``sweep-layers`` (which layer edits best),
+``scale`` (how quality changes with the batch size, all at once versus batch after batch) and
+``lifelong`` (a long session of commits: quality of all edits so far and the model's health).
 
 Figures go to stdout (a table, or one JSON object with ``--json``); the progress bar (with an
 ETA) goes to stderr. Ctrl-C stops a run, prints the figures measured so far and exits 130.
@@ -37,6 +38,7 @@ ScoreBatchOpt = Annotated[int, typer.Option("--score-batch-size", help="Prompts 
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Change one hyper-parameter of the preset, e.g. --set values.min_prob=0.5 (repeatable).")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Where to save the PNG plot.")]
+EditLayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Edit layer(s) (default: the preset's).")]
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -340,7 +342,7 @@ def scale_cmd(
     total: Annotated[int, typer.Option("--total", "-n", help="Number of edits in all.", min=1)] = 64,
     model: ModelOpt = "default",
     method: MethodOpt = "emmet",
-    layers: Annotated[Optional[str], typer.Option("--layers", help="Edit layer(s) (default: the preset's).")] = None,
+    layers: EditLayersOpt = None,
     offset: OffsetOpt = 0,
     plot: PlotOpt = Path("scale.png"),
     as_json: JsonOpt = False,
@@ -384,7 +386,7 @@ def lifelong_cmd(
         "--checkpoints", help="Numbers of edits at which to measure, e.g. 128,256,512 (default: ~8 even steps).")] = None,
     model: ModelOpt = "default",
     method: MethodOpt = "emmet",
-    layers: Annotated[Optional[str], typer.Option("--layers", help="Edit layer(s) (default: the preset's).")] = None,
+    layers: EditLayersOpt = None,
     offset: OffsetOpt = 0,
     plot: PlotOpt = Path("lifelong.png"),
     as_json: JsonOpt = False,
