@@ -101,3 +101,13 @@ def test_eval_reports_fluency_and_heldout_perplexity(tmp_path, tiny_model_dir): 
     proc = kedit_env(env, "eval", "--model", model, "--records", recs, "--corpus", corpus, "--set", "values.steps=2",
                      "--set", "stats_tokens=1500")
     assert proc.returncode == 0 and "fluency" in proc.stdout and "held-out ppl" in proc.stdout, proc.stderr
+
+
+def test_commit_time_per_fact_counts_the_short_last_batch():
+    from kedit.eval.lifelong import LifelongRun, commit_seconds_per_fact
+
+    run = LifelongRun(batch_size=16, n_records=40, base_nll=3.0, base_weight_norm=1.0, checkpoints=(),
+                      commit_seconds=(32.0, 48.0, 16.0), interrupted=False)
+    assert commit_seconds_per_fact(run) == ([16, 32, 40], [2.0, 3.0, 2.0])
+    cut = LifelongRun(16, 40, 3.0, 1.0, (), (32.0,), True)  # Ctrl-C after the first commit
+    assert commit_seconds_per_fact(cut) == ([16], [2.0])

@@ -156,9 +156,19 @@ def table_rows(run: LifelongRun) -> list[list[str]]:
 COLUMNS = ["edits", "ES", "PS", "NS (unedited)", "S", "first batch ES", "held-out NLL (ppl)", "‖W‖", "commit s"]
 
 
+def commit_seconds_per_fact(run: LifelongRun) -> tuple[list[int], list[float]]:
+    """Every commit's time per fact, against the number of edits after it (the last batch may be short)."""
+    ends, per_fact = [], []
+    for i, seconds in enumerate(run.commit_seconds):
+        facts = min(run.batch_size, run.n_records - i * run.batch_size)
+        ends.append(i * run.batch_size + facts)
+        per_fact.append(seconds / facts)
+    return ends, per_fact
+
+
 def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:
     """Left: ES/PS/NS/S and the first batch's ES against the number of edits (unedited dotted);
-    right: held-out perplexity change and commit time."""
+    right: held-out perplexity change (symmetric log scale past +100%) and every commit's time per fact."""
     from kedit.eval.experiments import _pyplot, _save
 
     plt = _pyplot()
@@ -177,12 +187,17 @@ def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:
     ppl = [100 * (math.exp(c.heldout_nll - run.base_nll) - 1) for c in run.checkpoints]
     bx.plot(xs, ppl, marker="o", color="C3", label="held-out perplexity change (%)")
     bx.axhline(0, color="grey", linestyle=":", linewidth=1)
+    if ppl and max(ppl) > 100:  # a collapse would flatten the early checkpoints on a linear axis
+        bx.set_yscale("symlog", linthresh=10)
+        bx.set_ylim(bottom=min(0.0, 1.5 * min(ppl)))
     bx.set_xlabel("edits")
     bx.set_ylabel("perplexity change vs unedited (%)")
     bx.grid(alpha=0.3)
     cx = bx.twinx()
-    cx.plot(xs, [c.commit_seconds for c in run.checkpoints], marker="^", color="C5", linestyle="--", label="commit time (s)")
-    cx.set_ylabel("commit time (s)")
+    ends, per_fact = commit_seconds_per_fact(run)
+    cx.plot(ends, per_fact, color="C5", linestyle="--", linewidth=1, label="commit time per fact (s), every commit")
+    cx.set_ylabel("commit time per fact (s)")
+    cx.set_ylim(bottom=0)
     lines = bx.get_legend_handles_labels()[0] + cx.get_legend_handles_labels()[0]
     bx.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
     fig.suptitle(title or f"Lifelong editing, batches of {run.batch_size}")
