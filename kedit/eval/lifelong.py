@@ -158,12 +158,9 @@ COLUMNS = ["edits", "ES", "PS", "NS (unedited)", "S", "first batch ES", "held-ou
 
 def commit_seconds_per_fact(run: LifelongRun) -> tuple[list[int], list[float]]:
     """Every commit's time per fact, against the number of edits after it (the last batch may be short)."""
-    ends, per_fact = [], []
-    for i, seconds in enumerate(run.commit_seconds):
-        facts = min(run.batch_size, run.n_records - i * run.batch_size)
-        ends.append(i * run.batch_size + facts)
-        per_fact.append(seconds / facts)
-    return ends, per_fact
+    batches = batches_of(range(run.n_records), run.batch_size)[: len(run.commit_seconds)]  # the run's own batching
+    ends = [b[-1] + 1 for b in batches]
+    return ends, [seconds / len(b) for seconds, b in zip(run.commit_seconds, batches)]
 
 
 def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:
