@@ -209,26 +209,25 @@ def compare_presets(args) -> None:
     import torch
 
     from kedit.editing import Editor, load_model, model_fingerprint, preset, sample_prefixes
+    from kedit.editing.hparams import with_settings
     from kedit.eval.records import load_records
     from kedit.eval.runner import evaluate
     from kedit.paths import cache_dir
 
-    from kedit.editing.hparams import with_settings
-
     recs = load_records(args.records, offset=args.offset, limit=args.facts)
     lm = load_model("default", device="cpu", dtype=args.dtype)
     m, tok = lm.model, lm.tokenizer
-    old = preset("default", "emmet")
+    current = preset("default", "emmet")
     if args.layer is not None:
-        old = dataclasses.replace(old, layers=(args.layer,))
+        current = dataclasses.replace(current, layers=(args.layer,))
     settings = args.candidate or ["values.min_prob=0.5"]
-    new = with_settings(old, settings)
-    prefixes = tuple(sample_prefixes(m, tok, new.n_prefixes, new.prefix_len, seed=0))
+    candidate = with_settings(current, settings)
+    prefixes = tuple(sample_prefixes(m, tok, candidate.n_prefixes, candidate.prefix_len, seed=0))
     fp = model_fingerprint(m)
     print(f"model default ({lm.dtype}, {torch.get_num_threads()} threads), {len(recs)} CounterFact records from "
           f"{args.offset}, batches of {args.batch} on fresh weights", file=sys.stderr)
     rows, base = [], None
-    for name, hp in (("preset", old), ("candidate", new)):
+    for name, hp in (("preset", current), ("candidate", candidate)):
         ed = Editor(m, tok, hp, prefixes, fp, cache_dir=cache_dir())
         ed.factors()  # C0 read (or computed) before the clock starts
         res = evaluate(m, tok, ed, recs, args.batch, baseline=base)
