@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from kedit.editing import cpu, tokens
 from kedit.editing.chat import chat_restated, chat_text
@@ -188,7 +188,10 @@ class RunResult:
         }
 
 
-def batches_of(records: Sequence[EvalRecord], batch_size: int) -> list[list[EvalRecord]]:
+_T = TypeVar("_T")
+
+
+def batches_of(records: Sequence[_T], batch_size: int) -> list[list[_T]]:
     if batch_size < 1:
         raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
     return [list(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
