@@ -220,6 +220,19 @@ def test_lifelong_fields_default_off_for_old_records():
            "stats_tokens": 1000, "stats_seq_len": 64, "preserve": 1.0}
     hp = HParams.from_dict(old)
     assert (hp.norm_penalty, hp.null_space, hp.value_norm, hp.remember_by_commit) == (0.0, 0.0, 0.0, False)
-    assert (hp.values.min_prob, hp.values.margin, hp.values.patience) == (0.0, 0.0, 1)
+    assert (hp.values.min_prob, hp.values.margin, hp.values.patience, hp.values.step_norm) == (0.0, 0.0, 1, 0.0)
     with pytest.raises(UsageError, match="norm_penalty"):
         HParams(method="memit", layers=(1,), lam=1.0, null_space=2e-2)
+
+
+def test_settings_reach_the_value_optimisation_and_bad_ones_are_named():
+    from kedit.editing import preset
+    from kedit.editing.hparams import with_settings
+    from kedit.errors import UsageError
+
+    hp = with_settings(preset("default"), ["values.step_norm=0.1", "norm_penalty=0.01"])
+    assert (hp.values.step_norm, hp.norm_penalty) == (0.1, 0.01)
+    with pytest.raises(UsageError, match=r"values\.step_norm must be ≥ 0"):
+        with_settings(hp, ["values.step_norm=-1"])
+    with pytest.raises(UsageError, match="unknown setting 'values.stepnorm'"):
+        with_settings(hp, ["values.stepnorm=1"])

@@ -1,6 +1,7 @@
 """Ring 1 on tiny random-init models: tokens, keys, values, statistics, deltas, adapters."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -81,9 +82,10 @@ def test_keys_average_bare_and_prefixed(tokenizer, tiny_llama):
     torch.testing.assert_close(K_bare[:, 1], got[0], rtol=1e-5, atol=1e-6)
 
 
-def test_batched_values_equal_one_fact_at_a_time(tokenizer):
+@pytest.mark.parametrize("step_norm", [0.0, 0.05])  # Adam, normalised steps
+def test_batched_values_equal_one_fact_at_a_time(tokenizer, step_norm):
     model = make_tiny_llama(seed=3, dtype=torch.float64)
-    cfg = ValueConfig(steps=6, lr=0.2, early_stop=True)
+    cfg = ValueConfig(steps=6, lr=0.2, early_stop=True, step_norm=step_norm)
     prefixes = ("A short prefix.",)
     batch = optimize_values(model, tokenizer, FACTS, 1, prefixes, cfg)
     for i, f in enumerate(FACTS):
@@ -101,6 +103,25 @@ def test_values_respect_the_clamp(tokenizer):
     vr = optimize_values(model, tokenizer, FACTS, 1, (), cfg)
     ratio = vr.delta.norm(dim=-1) / vr.h_init.norm(dim=-1)
     assert float(ratio.max()) <= 0.1 + 1e-5
+
+
+def test_normalised_steps_follow_the_gradient_with_a_fixed_length(tokenizer):
+    # One step from δ = 0 (``steps`` counts the scored steps: the last one only scores). Adam's first step is −lr·g/(|g| + ε) ≈ −lr·sign(g): every coordinate moves
+    # by lr. The normalised step is −a·‖h‖·g/‖g‖: the same signs, the length fixed by ‖h‖.
+    model = make_tiny_llama(seed=3, dtype=torch.float64)
+    one = ValueConfig(steps=2, early_stop=False, weight_decay=0.0)
+    adam = optimize_values(model, tokenizer, FACTS, 1, (), dataclasses.replace(one, lr=0.01))
+    ngd = optimize_values(model, tokenizer, FACTS, 1, (), dataclasses.replace(one, step_norm=0.05))
+    torch.testing.assert_close(adam.delta.abs(), torch.full_like(adam.delta, 0.01), rtol=1e-3, atol=0)
+    torch.testing.assert_close(ngd.delta.norm(dim=-1), 0.05 * ngd.h_init.norm(dim=-1), rtol=1e-5, atol=0)
+    assert torch.equal(torch.sign(ngd.delta), torch.sign(adam.delta))
+    # the normalised step is a direction of its own, not Adam's sign vector rescaled
+    cos = torch.nn.functional.cosine_similarity(ngd.delta, adam.delta, dim=-1)
+    assert float(cos.max()) < 0.99
+    # and it descends: more steps lower every fact's target NLL
+    more = optimize_values(model, tokenizer, FACTS, 1, (), dataclasses.replace(one, steps=5, step_norm=0.05))
+    start = optimize_values(model, tokenizer, FACTS, 1, (), dataclasses.replace(one, steps=1, step_norm=0.05))
+    assert all(a < b for a, b in zip(more.nll, start.nll))
 
 
 def test_value_optimisation_leaves_the_model_as_it_was(tokenizer):

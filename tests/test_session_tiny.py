@@ -397,16 +397,17 @@ def test_a_commit_remembers_the_active_commits(tmp_path, tiny_dir, corpus):
     assert fast_hparams(tiny_dir).preserve == 1.0 == preset("default", "emmet").preserve
 
 
-@pytest.mark.parametrize("options", [
-    dict(norm_penalty=0.01, value_norm=1.0),  # ENCORE's norm penalty, NAS
-    dict(null_space=1e6, norm_penalty=10.0, method="memit", lam=1.0),  # AlphaEdit's projection (P = I here)
+@pytest.mark.parametrize("options, step_norm", [
+    (dict(norm_penalty=0.01, value_norm=1.0), 0.0),  # ENCORE's norm penalty, NAS
+    (dict(null_space=1e6, norm_penalty=10.0, method="memit", lam=1.0), 0.0),  # AlphaEdit's projection (P = I here)
+    (dict(), 0.1),  # normalised value steps
 ])
-def test_replay_recomputes_the_lifelong_options_bit_identically(tmp_path, tiny_dir, corpus, options):
+def test_replay_recomputes_the_lifelong_options_bit_identically(tmp_path, tiny_dir, corpus, options, step_norm):
     """Every lifelong option and stopping rule recorded in the journal; the session is reopened
     between commits (its key cache starts empty, a replay's does not) and still replays exactly."""
     from kedit.session.replay import replay
 
-    values = ValueConfig(steps=3, lr=0.5, min_prob=0.2, margin=0.1, patience=2)
+    values = ValueConfig(steps=3, lr=0.5, min_prob=0.2, margin=0.1, patience=2, step_norm=step_norm)
     hp = dataclasses.replace(fast_hparams(tiny_dir), remember_by_commit=True, values=values, **options)
     lm = load_model(str(tiny_dir), device="cpu", dtype="float32")
     s = Session.attach(tmp_path / "s", lm, corpus=corpus, hparams=hp)

@@ -7,12 +7,20 @@ subject's last token, to minimise
   + kl_factor · KL(p_δ ‖ p_0) on "{subject} is a"  keeps what the subject is
   + weight_decay · ‖δ_e‖ / ‖h_e‖²                  h_e: the unedited hidden state there
 
-with Adam, ‖δ_e‖ ≤ clamp · ‖h_e‖, stopping fact e as soon as its target is the argmax at every
-target position of every rewrite prompt (ENCORE's most-probable early stopping).
+with Adam (``lr``) or, with ``step_norm`` > 0, normalised gradient steps of step_norm·‖h_e‖ each,
+‖δ_e‖ ≤ clamp · ‖h_e‖, stopping fact e as soon as its target is the argmax at every target position
+of every rewrite prompt (ENCORE's most-probable early stopping).
+
+Why the step matters: the solver writes δ into the weights, and what an edit does to every other
+key grows with ‖δ‖² (``tr(Δ C0 Δᵀ) = tr(R (KᵀC0⁻¹K)⁻¹ Rᵀ)`` for EMMET, R = δᵀ). Adam's first
+step is −lr·sign(g): every coordinate moves by lr, wanted or not, and its momentum carries δ on
+past the point where the target wins. A normalised step moves only along the gradient; on the
+default model it reaches the targets with about half Adam's ‖δ‖ (docs/results.md).
 
 All facts of a batch are optimised together: one δ per fact, losses summed. Each loss depends
 only on its own δ and Adam is element-wise, so this is the same arithmetic as one fact at a time;
-facts that have stopped are dropped from the batch and their δ frozen.
+facts that have stopped are dropped from the batch and their δ frozen (a normalised step, too,
+is per fact).
 
 Only what δ reaches is recomputed. Blocks ``0..layer`` do not depend on δ, and neither does any
 position before the subject's last token: both run once (``prefix_cache.Prefill``), and every
@@ -34,7 +42,7 @@ from kedit.editing import arch, cpu, forward, prefix_cache, tokens
 from kedit.editing.chat import chat_rewrite_template
 from kedit.editing.placement import input_device
 from kedit.editing.prefixes import templates
-from kedit.errors import EditCancelled
+from kedit.errors import EditCancelled, UsageError
 from kedit.facts import Fact
 
 KL_TEMPLATE = "{} is a"
@@ -45,6 +53,9 @@ log = logging.getLogger(__name__)
 class ValueConfig:
     lr: float = 0.5
     steps: int = 25
+    # 0: Adam with ``lr`` (every record written before this field). > 0: normalised gradient
+    # descent, each step moving δ_e by step_norm·‖h_e‖ along −∇ (see the module docstring).
+    step_norm: float = 0.0
     weight_decay: float = 1e-3
     clamp: float = 4.0  # ‖δ‖ ≤ clamp · ‖h‖
     kl_factor: float = 0.0625
@@ -60,6 +71,11 @@ class ValueConfig:
     # Instruct models: also fit each fact's prompt asked as a chat turn, the target following the
     # assistant's restatement of it (chat.chat_rewrite_template). Off in records made before it.
     chat: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "step_norm", "clamp", "min_prob", "margin"):
+            if not getattr(self, name) >= 0:
+                raise UsageError(f"values.{name} must be ≥ 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -233,7 +249,7 @@ def _optimize_group(
     h_init = pre.hidden[bare, lay.subj.to(hd)[bare]].float()  # (E, d_model)
     h_norm = h_init.norm(dim=-1)  # (E,)
     delta = torch.zeros_like(h_init, requires_grad=True)  # (E, d_model)
-    opt = torch.optim.Adam([delta], lr=cfg.lr)
+    opt = torch.optim.Adam([delta], lr=cfg.lr) if cfg.step_norm == 0 else _Normalised(delta, cfg.step_norm * h_norm)
     facts = _FactState(E, cfg)
     with _frozen(model), forward.restart_above(model, layer) as inject, _attention_for_backward(device):
         ctx = _Ctx(model, arch.base_model(model), inject, lay, pre, delta, cfg, {}, observe=observer is not None)
@@ -425,7 +441,7 @@ class _FactState:
 
 
 def _step_and_clamp(opt, delta: torch.Tensor, done: torch.Tensor, limit: torch.Tensor) -> None:
-    """Adam step for the facts still optimised (retired ones keep their δ), then ‖δ_e‖ ≤ limit_e."""
+    """An optimiser step for the facts still optimised (retired ones keep their δ), then ‖δ_e‖ ≤ limit_e."""
     frozen = delta.detach()[done].clone()
     opt.step()
     with torch.no_grad():
@@ -433,6 +449,23 @@ def _step_and_clamp(opt, delta: torch.Tensor, done: torch.Tensor, limit: torch.T
         norm = delta.norm(dim=-1)  # (E,)
         scale = torch.where(norm > limit, limit / norm.clamp_min(1e-12), torch.ones_like(norm))
         delta.mul_(scale[:, None])
+
+
+class _Normalised:
+    """Normalised gradient descent, per fact: δ_e moves by length_e along −g_e/‖g_e‖."""
+
+    def __init__(self, delta: torch.Tensor, length: torch.Tensor) -> None:
+        self.delta, self.length = delta, length  # (E, d_model), (E,)
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        if self.delta.grad is not None:
+            self.delta.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        g = self.delta.grad  # (E, d_model); None before any fact's loss had a gradient
+        if g is not None:
+            self.delta.sub_(g * (self.length / g.norm(dim=-1).clamp_min(1e-30))[:, None])
 
 
 class _ReuseMismatch(Exception):
