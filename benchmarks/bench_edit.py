@@ -205,25 +205,33 @@ def main() -> None:
           f"greedy {greedy_hits:.0%} (new target is the greedy continuation)")
 
 
+def preset_and_candidate(dtype, settings: list[str], layer: int | None = None):
+    """The default model, its preset, the preset with ``settings``, the context prefixes both
+    use and the model's fingerprint."""
+    from kedit.editing import load_model, model_fingerprint, preset, sample_prefixes
+    from kedit.editing.hparams import with_settings
+
+    lm = load_model("default", device="cpu", dtype=dtype)
+    current = preset("default", "emmet")
+    if layer is not None:
+        current = dataclasses.replace(current, layers=(layer,))
+    candidate = with_settings(current, settings)
+    prefixes = tuple(sample_prefixes(lm.model, lm.tokenizer, current.n_prefixes, current.prefix_len, seed=0))
+    return lm, current, candidate, prefixes, model_fingerprint(lm.model)
+
+
 def compare_presets(args) -> None:
     import torch
 
-    from kedit.editing import Editor, load_model, model_fingerprint, preset, sample_prefixes
-    from kedit.editing.hparams import with_settings
+    from kedit.editing import Editor
     from kedit.eval.records import load_records
     from kedit.eval.runner import evaluate
     from kedit.paths import cache_dir
 
     recs = load_records(args.records, offset=args.offset, limit=args.facts)
-    lm = load_model("default", device="cpu", dtype=args.dtype)
-    m, tok = lm.model, lm.tokenizer
-    current = preset("default", "emmet")
-    if args.layer is not None:
-        current = dataclasses.replace(current, layers=(args.layer,))
     settings = args.candidate or ["values.min_prob=0.5"]
-    candidate = with_settings(current, settings)
-    prefixes = tuple(sample_prefixes(m, tok, candidate.n_prefixes, candidate.prefix_len, seed=0))
-    fp = model_fingerprint(m)
+    lm, current, candidate, prefixes, fp = preset_and_candidate(args.dtype, settings, args.layer)
+    m, tok = lm.model, lm.tokenizer
     print(f"model default ({lm.dtype}, {torch.get_num_threads()} threads), {len(recs)} CounterFact records from "
           f"{args.offset}, batches of {args.batch} on fresh weights", file=sys.stderr)
     rows, base = [], None

@@ -253,3 +253,29 @@ def test_unknown_architecture_is_named(tiny_llama):
     assert "'bert'" in str(err.value) and "llama" in err.value.hint and "gpt2" in err.value.hint
     with pytest.raises(UnsupportedArchitectureError, match="layer 9 does not exist"):
         arch.weight_view(tiny_llama, 9)
+
+
+def test_the_commit_cost_benchmark_measures_what_the_commit_writes(tokenizer, text_corpus, tmp_path):
+    """benchmarks/bench_commit_cost.py: tr(ΔC0Δᵀ) of an EMMET commit is tr(R (KᵀC0⁻¹K)⁻¹ Rᵀ), R = δᵀ,
+    and the weights are as they were afterwards."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_commit_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_commit_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = make_tiny_llama(seed=6, dtype=torch.float64)
+    ed = _editor(model, tokenizer, text_corpus, tmp_path)
+    w0 = arch.weight_view(model, 1).detach().clone()
+    cost = bench.commit_cost(model, tokenizer, ed, FACTS)
+    assert torch.equal(arch.weight_view(model, 1), w0)
+    L = ed.factors()[1].L.double()
+    K = compute_keys(model, tokenizer, FACTS, [1], ed.prefixes)[1].double()  # (d_in, E)
+    vr = optimize_values(make_tiny_llama(seed=6, dtype=torch.float64), tokenizer, FACTS, 1, ed.prefixes, ed.hparams.values)
+    R = vr.delta.T.double()  # (d_out, E)
+    D = K.T @ torch.cholesky_solve(K, L)  # (E, E)  KᵀC0⁻¹K
+    want = float(torch.trace(R @ torch.linalg.solve(D, R.T)))
+    assert cost["corpus_shift"] == pytest.approx(want, rel=1e-3)
+    assert cost["steps"] == pytest.approx(sum(vr.steps) / len(vr.steps))
+    assert math.isfinite(cost["heldout"]) and cost["update_norm"] > 0 and cost["delta_rel"] > 0
