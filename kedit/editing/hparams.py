@@ -117,8 +117,9 @@ _SMOLLM2_EMMET = HParams(
     # raised PS by 0–4 of 64 paraphrases on three sets of CounterFact records but took 2.3× the
     # time for a batch of 64 (docs/results.md, "The stopping rule"); it stays an option.
     # The step: normalised gradient steps of 0.1·‖h‖ (values.step_norm) instead of Adam at lr 0.5.
-    # They reach the targets with about half the ‖δ‖, and over 128 sequential edits the held-out
-    # perplexity rose +3.4% instead of +10.5%; one batch of 16 took 1.15× the time
+    # They reach the targets with about half the ‖δ‖: over 128 sequential edits the held-out
+    # perplexity rose +3.4% instead of +10.5% (+187% instead of +501% over 512). The price is in one
+    # batch: PS 1.6 points lower in a batch of 16 (1.15× the time), 6.3 lower in a batch of 64
     # (docs/results.md, "A smaller value step").
     values=ValueConfig(lr=0.5, steps=25, clamp=4.0, kl_factor=0.0625, weight_decay=1e-3, step_norm=0.1),
     stats_tokens=30_000,
