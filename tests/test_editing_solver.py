@@ -236,3 +236,12 @@ def test_settings_reach_the_value_optimisation_and_bad_ones_are_named():
         with_settings(hp, ["values.step_norm=-1"])
     with pytest.raises(UsageError, match="unknown setting 'values.stepnorm'"):
         with_settings(hp, ["values.stepnorm=1"])
+
+
+def test_normalised_value_steps_are_the_default_models_alone():
+    from kedit.editing import preset
+
+    assert preset("default").values.step_norm == 0.1 == preset("HuggingFaceTB/SmolLM2-135M", "rome").values.step_norm
+    # measured on the default model only: other models keep Adam's steps
+    assert preset("some-org/unknown-7b", num_layers=32).values.step_norm == 0.0
+    assert preset("meta-llama/Meta-Llama-3-8B").values.step_norm == 0.0
