@@ -64,6 +64,25 @@ def test_creating_refuses_foreign_folders_and_files_and_leaves_nothing_on_bad_in
     assert not (tmp_path / "new").exists()
 
 
+def test_a_session_another_process_is_creating_is_not_taken_for_a_foreign_folder(tmp_path, monkeypatch):
+    # The other process renames settings.json into place between this one's two looks at the
+    # folder: asked first whether it is a session (not yet), then what it holds (settings.json).
+    first = SessionFolder(tmp_path / "s")
+    first.path.mkdir()
+    real_exists = SessionFolder.exists
+    calls = []
+
+    def exists_while_another_creates(self):
+        calls.append(1)
+        was = real_exists(self)
+        if len(calls) == 1:
+            (self.path / "settings.json").write_text(json.dumps(Settings().to_dict()))
+        return was
+
+    monkeypatch.setattr(SessionFolder, "exists", exists_while_another_creates)
+    first.refuse_foreign()  # no error: the folder is becoming a session, not someone else's
+
+
 def test_readers_write_nothing(folder):
     (folder.path / "queue.json").write_text(json.dumps({"after": 0, "facts": [F[0].to_dict()]}))
     before = sorted(folder.path.iterdir())

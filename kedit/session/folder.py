@@ -163,7 +163,10 @@ class SessionFolder:
         if self.path.exists() and not self.path.is_dir():
             raise SessionError(f"{self.path} is a file, not a session folder", hint="pick another name or path")
         check_new_place(self.path, "a session", SessionError)  # a kernel file system, under a file, not writable
-        if self.path.is_dir() and not self.exists() and any(not is_ours(p.name) for p in self.path.iterdir()):
+        # list first, then ask whether it is a session: another process creating this session may
+        # rename its settings file into place in between, and a session's files are its own
+        names = [p.name for p in self.path.iterdir()] if self.path.is_dir() else []
+        if any(not is_ours(n) for n in names) and not self.exists():
             raise SessionError(f"{self.path} is a non-empty folder that is not a session", hint="pick another name or path")
 
     # -- changing the settings ------------------------------------------------------------------
