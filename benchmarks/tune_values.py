@@ -118,7 +118,7 @@ def main() -> None:
         for rule in rules:
             at = [rule.stop_step([h[e] for h in history], last) for e in range(len(facts))]
             delta = torch.stack([deltas[s][e] for e, s in enumerate(at)])  # (E, d_model)
-            U, V = ed._solve(K, delta.T, factor, layer, [f.label for f in facts], None)
+            U, V = ed.solve_layer(K, delta.T, factor, layer, [f.label for f in facts], None)
             apply_deltas(m, [Delta(layer, arch.mlp_out_name(m, layer), U.float(), V.float())])
             edited[rule.name] += score_records(m, tok, batch)
             with torch.no_grad():

@@ -113,6 +113,27 @@ def test_memory_of_earlier_edits_is_the_augmented_preservation_term(lam):
         torch.testing.assert_close(Uz @ Vz.T, U0 @ V0.T)
 
 
+
+def test_sequential_commits_with_an_exact_memory_are_the_joint_solve():
+    """Commits that each keep every earlier key's output (α → ∞) add up to the one EMMET update
+    that writes all facts at once: the least ‖ΔC0^½‖ of any update meeting every constraint, whose
+    damage on C0 is tr(R (KᵀC0⁻¹K)⁻¹ Rᵀ). So a remembering session pays what writing all its facts
+    together costs, and that cost grows as the keys fill the layer's input space."""
+    C0, K, W0, V = _problem(E=12)
+    R = V - W0 @ K  # (d_out, 12): what each fact needs written on the base weights
+    fac = solver.factor_c0(C0)
+    W = W0.clone()
+    for start in (0, 4, 8):  # three commits of 4; each writes its facts' residual on the current W
+        Kb = K[:, start : start + 4]
+        U, Vf = solver.solve(Kb, V[:, start : start + 4] - W @ Kb, fac, memory=K[:, :start] if start else None,
+                             alpha=1e9)
+        W = W + U @ Vf.T
+    Uj, Vj = solver.solve(K, R, fac)
+    torch.testing.assert_close(W - W0, Uj @ Vj.T, rtol=1e-6, atol=1e-6)
+    damage = float(torch.trace((W - W0) @ C0 @ (W - W0).T))
+    bound = float(torch.trace(R @ torch.linalg.inv(K.T @ torch.linalg.solve(C0, K)) @ R.T))
+    assert damage == pytest.approx(bound, rel=1e-6)
+
 # -- lifelong options ---------------------------------------------------------------------------
 
 

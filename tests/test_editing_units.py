@@ -279,3 +279,49 @@ def test_the_commit_cost_benchmark_measures_what_the_commit_writes(tokenizer, te
     assert cost["corpus_shift"] == pytest.approx(want, rel=1e-3)
     assert cost["steps"] == pytest.approx(sum(vr.steps) / len(vr.steps))
     assert math.isfinite(cost["heldout"]) and cost["update_norm"] > 0 and cost["delta_rel"] > 0
+
+
+def test_the_lifelong_solver_benchmark_replays_sequential_commits():
+    """benchmarks/bench_lifelong_solver.py: commits that keep every earlier key exactly (α → ∞) do
+    not move the earlier facts' outputs, and where the commits' keys do not overlap (KᵀC0⁻¹K = I)
+    they reach exactly the bound it prints, r²·tr((KᵀC0⁻¹K)⁻¹); commits that remember nothing move
+    the earlier outputs; damage is measured on the reference statistics."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from kedit.editing import solver
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lifelong_solver.py"
+    spec = importlib.util.spec_from_file_location("bench_lifelong_solver", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass looks its module up
+    spec.loader.exec_module(bench)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(96, 24, generator=g, dtype=torch.float64)
+    c0 = X.T @ X / 96 + 0.01 * torch.eye(24, dtype=torch.float64)  # (d_in, d_in)
+    deltas = torch.randn(16, 12, generator=g, dtype=torch.float64)
+    deltas = 3.0 * deltas / deltas.norm(dim=0, keepdim=True)  # (d_out, N), each of norm 3
+    fac = solver.factor_c0(c0)
+
+    def run(K, alpha):
+        return bench.replay(K, deltas, lambda Kb, Rb, mem: solver.solve(Kb, Rb, fac, memory=mem, alpha=alpha),
+                            c0, 2 * c0, batch=4, checkpoints=[4, 12])
+
+    Q, _ = torch.linalg.qr(torch.randn(24, 12, generator=g, dtype=torch.float64))
+    apart = torch.linalg.cholesky(c0) @ Q  # (d_in, N) with KᵀC0⁻¹K = I
+    exact = run(apart, 1e9)
+    assert [c.edits for c in exact] == [4, 12]
+    assert exact[-1].bound == pytest.approx(9.0 * 12)
+    assert exact[-1].solver_damage == pytest.approx(exact[-1].bound, rel=1e-6)
+    assert exact[-1].damage == pytest.approx(2 * exact[-1].solver_damage)
+
+    K = torch.randn(24, 12, generator=g, dtype=torch.float64)  # overlapping keys
+    exact, forgetful = run(K, 1e9), run(K, 0.0)
+    assert exact[-1].drift < 1e-6 and forgetful[-1].drift > 0.1
+    assert exact[0].bound < exact[-1].bound  # more facts in the same key space cost more
+
+    rec = lambda s, p: SimpleNamespace(fact=Fact(s, p, "x"))  # noqa: E731
+    kept = bench.distinct_facts([rec("Paris", "{} is in"), rec("Rome", "{} is in"), rec("Paris", "{} is in")])
+    assert [f.subject for f in kept] == ["Paris", "Rome"]

@@ -201,7 +201,7 @@ class Editor:
             t = time.perf_counter()
             if progress:
                 progress(Progress("solve", i, len(layers), detail=f"layer {layer}"))
-            U, V = self._solve(K, R, factors[layer], layer, names, memory)  # (d_out, E), (d_in, E)
+            U, V = self.solve_layer(K, R, factors[layer], layer, names, memory)  # (d_out, E), (d_in, E)
             d = Delta(layer=layer, module=arch.mlp_out_name(model, layer), U=U.float().cpu(), V=V.float().cpu())
             if i < len(layers) - 1:
                 _apply_temporarily(model, [d])
@@ -217,7 +217,10 @@ class Editor:
         stamp = self.remembered.stamp(layer)
         return stamp, compute_keys(self.model, self.tok, facts, [layer], self.prefixes)[layer]  # (d_in, E)
 
-    def _solve(self, K, R, factor, layer, names, memory):
+    def solve_layer(self, K, R, factor, layer, names, memory):
+        """Factors (U, V) of one layer's update Δ = U Vᵀ for keys K (d_in, E) and residuals R
+        (d_out, E), with this editor's solver settings (``factor``: ``factors()[layer]``; ``memory``:
+        the remembered keys, (d_in, P) or None)."""
         hp = self.hparams
         if hp.null_space > 0:  # AlphaEdit: μ = 1 is its least squares (MEMIT), 0 keeps ŴK = V (EMMET/ROME)
             return solver.solve(K, R, factor, lam=1.0 if hp.lam > 0 else 0.0, names=names, memory=memory,
