@@ -25,9 +25,15 @@ Printed at every checkpoint, for each setting:
   exactly, r²·tr((KᵀC0⁻¹K)⁻¹) for random δ of norm r: sequential commits that keep every earlier
   key's output exactly reach it (the joint EMMET solve), so it is what an exact memory costs.
 
+Before the table it lists the pairs of facts whose keys are closest (cosine): two facts that
+want different values at almost the same key are what makes the bound jump.
+
 What this leaves out: real δ are not random, are found on the edited model (they grow as it
-degrades), and the perplexity is not linear in the damage. It ranks settings; ``kedit lifelong``
-measures the one that wins.
+degrades), and the held-out perplexity is not this damage. The bound is exact maths about the
+keys (how full the layer is); the damage of a setting is only a linear view of it, and it has
+ranked settings wrongly: ``preserve=0.01 norm_penalty=0.01`` replayed at half the preset's damage
+and did worse than the preset over 512 real edits (docs/results.md, "How much one layer can
+hold"). Choose settings with ``kedit lifelong``; use this to see why a layer fills up.
 """
 
 from __future__ import annotations
@@ -82,6 +88,22 @@ def replay(K, deltas, solve, c0, c_ref, batch: int, checkpoints: list[int]) -> l
     return out
 
 
+def closest_pairs(K, n: int) -> list[tuple[float, int, int]]:
+    """The ``n`` pairs of columns of K (d_in, N) with the largest cosine, as (cosine, i, j), i < j."""
+    import torch
+
+    Kn = K / K.norm(dim=0, keepdim=True)  # (d_in, N)
+    cos = torch.triu(Kn.T @ Kn, diagonal=1)  # (N, N), zero on and below the diagonal
+    top = torch.topk(cos.flatten(), min(n, cos.numel()))
+    N = K.shape[1]
+    return [(float(v), int(i) // N, int(i) % N) for v, i in zip(top.values, top.indices)]
+
+
+def print_closest_keys(K, facts, n: int) -> None:
+    for c, i, j in closest_pairs(K, n):
+        print(f"keys {i} and {j}: cosine {c:.4f}  {facts[i].label} / {facts[j].label}")
+
+
 def distinct_facts(records):
     """The records' facts, without one whose (subject, prompt) an earlier record already edits
     (a session would edit it again and stop remembering the earlier one)."""
@@ -106,6 +128,7 @@ def main() -> None:
     ap.add_argument("--delta-norm", type=float, default=28.5, help="‖δ‖ per fact (bench_commit_cost.py's mean ‖δ‖)")
     ap.add_argument("--reference-tokens", type=int, default=300_000, help="corpus tokens of the reference C_ref")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", type=int, default=8, help="closest pairs of keys to list")
     args = ap.parse_args()
 
     import torch
@@ -139,6 +162,7 @@ def main() -> None:
     c_ref = second_moment(dataclasses.replace(plain, stats_tokens=args.reference_tokens))
     K = torch.cat([compute_keys(m, tok, facts[i : i + 64], [layer], prefixes)[layer]
                    for i in range(0, n, 64)], dim=1)  # (d_in, N)
+    print_closest_keys(K, facts, args.pairs)
     g = torch.Generator().manual_seed(args.seed)
     d_out = arch.weight_view(m, layer).shape[0]
     deltas = torch.randn(d_out, n, generator=g, dtype=torch.float64)  # (d_out, N)

@@ -322,6 +322,9 @@ def test_the_lifelong_solver_benchmark_replays_sequential_commits():
     assert exact[-1].drift < 1e-6 and forgetful[-1].drift > 0.1
     assert exact[0].bound < exact[-1].bound  # more facts in the same key space cost more
 
+    twin = torch.cat([K[:, :3], K[:, 1:2] * 2.0], dim=1)  # key 3 is key 1, longer
+    assert bench.closest_pairs(twin, 1)[0][1:] == (1, 3)
+    assert bench.closest_pairs(twin, 1)[0][0] == pytest.approx(1.0)
     rec = lambda s, p: SimpleNamespace(fact=Fact(s, p, "x"))  # noqa: E731
     kept = bench.distinct_facts([rec("Paris", "{} is in"), rec("Rome", "{} is in"), rec("Paris", "{} is in")])
     assert [f.subject for f in kept] == ["Paris", "Rome"]
