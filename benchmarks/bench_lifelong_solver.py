@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--reference-tokens", type=int, default=300_000, help="corpus tokens of the reference C_ref")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pairs", type=int, default=8, help="closest pairs of keys to list")
+    ap.add_argument("--layer", type=int, default=None, help="edit layer (default: the preset's)")
     args = ap.parse_args()
 
     import torch
@@ -144,7 +145,7 @@ def main() -> None:
     n = len(facts) // args.batch * args.batch
     facts = facts[:n]
     checkpoints = sorted({int(x) for x in args.checkpoints.split(",") if x.strip() and int(x) <= n} | {n})
-    lm, preset, _, prefixes, fp = preset_and_candidate("float32", [])
+    lm, preset, _, prefixes, fp = preset_and_candidate("float32", [], args.layer)
     m, tok = lm.model, lm.tokenizer
     layer = preset.layers[0]
     plain = dataclasses.replace(preset, norm_penalty=0.0, null_space=0.0)
