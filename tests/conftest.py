@@ -53,6 +53,19 @@ def tokenizer():
     return tok
 
 
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package). It is
+    registered in ``sys.modules`` first, as dataclasses defined in it need."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64, inter: int = 128, vocab: int = 49152, dtype=None):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -4,17 +4,13 @@ CUDA-only parts, ``torch.cuda`` peak memory and synchronisation, are not execute
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+from conftest import load_benchmark
 
 
 def test_bench_gpu_tiny_runs_every_step(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_gpu")
     out = bench.main(["--tiny", "--device", "cpu", "--workdir", str(tmp_path), "--json", str(tmp_path / "r.json")])
     assert json.loads((tmp_path / "r.json").read_text())["tiny"] is True
     assert out["statistics"]["seconds"] > 0 and out["statistics"]["peak_gb"] > 0

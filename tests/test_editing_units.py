@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import FAMILIES, make_tiny, make_tiny_llama
+from conftest import FAMILIES, load_benchmark, make_tiny, make_tiny_llama
 from kedit.editing import arch, tokens
 from kedit.editing.delta import Delta, apply_deltas, fingerprint
 from kedit.editing.edit import Editor
@@ -258,13 +258,7 @@ def test_unknown_architecture_is_named(tiny_llama):
 def test_the_commit_cost_benchmark_measures_what_the_commit_writes(tokenizer, text_corpus, tmp_path):
     """benchmarks/bench_commit_cost.py: tr(ΔC0Δᵀ) of an EMMET commit is tr(R (KᵀC0⁻¹K)⁻¹ Rᵀ), R = δᵀ,
     and the weights are as they were afterwards."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_commit_cost.py"
-    spec = importlib.util.spec_from_file_location("bench_commit_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_commit_cost")
     model = make_tiny_llama(seed=6, dtype=torch.float64)
     ed = _editor(model, tokenizer, text_corpus, tmp_path)
     w0 = arch.weight_view(model, 1).detach().clone()
@@ -286,18 +280,11 @@ def test_the_lifelong_solver_benchmark_replays_sequential_commits():
     not move the earlier facts' outputs, and where the commits' keys do not overlap (KᵀC0⁻¹K = I)
     they reach exactly the bound it prints, r²·tr((KᵀC0⁻¹K)⁻¹); commits that remember nothing move
     the earlier outputs; damage is measured on the reference statistics."""
-    import importlib.util
-    import sys
-    from pathlib import Path
     from types import SimpleNamespace
 
     from kedit.editing import solver
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lifelong_solver.py"
-    spec = importlib.util.spec_from_file_location("bench_lifelong_solver", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclass looks its module up
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_lifelong_solver")
     g = torch.Generator().manual_seed(0)
     X = torch.randn(96, 24, generator=g, dtype=torch.float64)
     c0 = X.T @ X / 96 + 0.01 * torch.eye(24, dtype=torch.float64)  # (d_in, d_in)
