@@ -30,10 +30,11 @@ want different values at almost the same key are what makes the bound jump.
 
 What this leaves out: real δ are not random, are found on the edited model (they grow as it
 degrades), and the held-out perplexity is not this damage. The bound is exact maths about the
-keys (how full the layer is); the damage of a setting is only a linear view of it, and it has
-ranked settings wrongly: ``preserve=0.01 norm_penalty=0.01`` replayed at half the preset's damage
-and did worse than the preset over 512 real edits (docs/results.md, "How much one layer can
-hold"). Choose settings with ``kedit lifelong``; use this to see why a layer fills up.
+keys (how full the layer is); the damage of a setting is only a linear view of it. It was right
+about ``preserve=0.01`` (a smaller perplexity rise over 512 real edits) and wrong about
+``norm_penalty=0.01``, which replayed cheaper and raised the perplexity in real sessions
+(docs/results.md, "How much one layer can hold"). Use it to see why a layer fills up and to pick
+candidates; choose settings with ``kedit lifelong``.
 """
 
 from __future__ import annotations
