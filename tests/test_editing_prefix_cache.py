@@ -46,8 +46,9 @@ def test_suffix_pass_reproduces_the_full_forward(family):
         assert x.hidden.shape[1] == int((lengths - start)[sel].max())
         with forward.restart_above(model, layer) as inject:
             inject.hidden = x.hidden
-            out = arch.base_model(model)(input_ids=x.input_ids, attention_mask=x.attention_mask,
-                                         position_ids=x.position_ids, past_key_values=x.cache, use_cache=True).last_hidden_state
+            body = arch.base_model(model)
+            out = body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
+                       **prefix_cache.cache_kwargs(body, x.cache)).last_hidden_state
     for i, r in enumerate(sel.tolist()):
         n = int(lengths[r] - start[r])
         torch.testing.assert_close(out[i, :n], full[r, start[r] : lengths[r]], rtol=1e-5, atol=1e-6)
