@@ -98,14 +98,14 @@ def main() -> None:
 
     facts = [r.fact for r in load_records(args.records, offset=args.offset, limit=args.facts)]
     settings = args.candidate or ["values.step_norm=0"]
-    lm, current, candidate, prefixes, fp = preset_and_candidate(args.dtype, settings)
+    lm, current, candidate, prefixes_of, fp = preset_and_candidate(args.dtype, settings)
     m, tok = lm.model, lm.tokenizer
     print(f"model default ({lm.dtype}, {torch.get_num_threads()} threads), one commit of {len(facts)} CounterFact "
           f"facts from record {args.offset}, on fresh weights", file=sys.stderr)
     print(f"{'':<11}{'value steps':>12}{'‖δ‖/‖h‖':>9}{'‖Δ‖':>8}{'tr(ΔC0Δᵀ)':>11}{'held-out':>10}{'s':>7}")
     rows = {}
     for name, hp in (("preset", current), ("candidate", candidate)):
-        ed = Editor(m, tok, hp, prefixes, fp, cache_dir=cache_dir())
+        ed = Editor(m, tok, hp, prefixes_of(hp), fp, cache_dir=cache_dir())
         ed.factors()  # C0 read (or computed) before the clock starts
         c = rows[name] = commit_cost(m, tok, ed, facts)
         print(f"{name:<11}{c['steps']:>12.1f}{c['delta_rel']:>9.2f}{c['update_norm']:>8.1f}{c['corpus_shift']:>11.2f}"

@@ -206,8 +206,10 @@ def main() -> None:
 
 
 def preset_and_candidate(dtype, settings: list[str], layer: int | None = None):
-    """The default model, its preset, the preset with ``settings``, the context prefixes both
-    use and the model's fingerprint."""
+    """The default model, its preset, the preset with ``settings``, a function giving the context
+    prefixes of a setting (seed 0, as many and as long as it asks for) and the model's fingerprint."""
+    from functools import cache
+
     from kedit.editing import load_model, model_fingerprint, preset, sample_prefixes
     from kedit.editing.hparams import with_settings
 
@@ -216,8 +218,15 @@ def preset_and_candidate(dtype, settings: list[str], layer: int | None = None):
     if layer is not None:
         current = dataclasses.replace(current, layers=(layer,))
     candidate = with_settings(current, settings)
-    prefixes = tuple(sample_prefixes(lm.model, lm.tokenizer, current.n_prefixes, current.prefix_len, seed=0))
-    return lm, current, candidate, prefixes, model_fingerprint(lm.model)
+
+    @cache
+    def sampled(n: int, length: int) -> tuple[str, ...]:
+        return tuple(sample_prefixes(lm.model, lm.tokenizer, n, length, seed=0))
+
+    def prefixes_of(hp) -> tuple[str, ...]:
+        return sampled(hp.n_prefixes, hp.prefix_len)
+
+    return lm, current, candidate, prefixes_of, model_fingerprint(lm.model)
 
 
 def compare_presets(args) -> None:
@@ -230,13 +239,13 @@ def compare_presets(args) -> None:
 
     recs = load_records(args.records, offset=args.offset, limit=args.facts)
     settings = args.candidate or ["values.min_prob=0.5"]
-    lm, current, candidate, prefixes, fp = preset_and_candidate(args.dtype, settings, args.layer)
+    lm, current, candidate, prefixes_of, fp = preset_and_candidate(args.dtype, settings, args.layer)
     m, tok = lm.model, lm.tokenizer
     print(f"model default ({lm.dtype}, {torch.get_num_threads()} threads), {len(recs)} CounterFact records from "
           f"{args.offset}, batches of {args.batch} on fresh weights", file=sys.stderr)
     rows, base = [], None
     for name, hp in (("preset", current), ("candidate", candidate)):
-        ed = Editor(m, tok, hp, prefixes, fp, cache_dir=cache_dir())
+        ed = Editor(m, tok, hp, prefixes_of(hp), fp, cache_dir=cache_dir())
         ed.factors()  # C0 read (or computed) before the clock starts
         res = evaluate(m, tok, ed, recs, args.batch, baseline=base)
         base = list(res.baseline)

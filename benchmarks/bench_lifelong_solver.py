@@ -146,7 +146,8 @@ def main() -> None:
     n = len(facts) // args.batch * args.batch
     facts = facts[:n]
     checkpoints = sorted({int(x) for x in args.checkpoints.split(",") if x.strip() and int(x) <= n} | {n})
-    lm, preset, _, prefixes, fp = preset_and_candidate("float32", [], args.layer)
+    lm, preset, _, prefixes_of, fp = preset_and_candidate("float32", [], args.layer)
+    prefixes = prefixes_of(preset)
     m, tok = lm.model, lm.tokenizer
     layer = preset.layers[0]
     plain = dataclasses.replace(preset, norm_penalty=0.0, null_space=0.0)
