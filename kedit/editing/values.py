@@ -62,6 +62,12 @@ class ValueConfig:
     early_stop: bool = True
     max_rows: int = 512  # rows per forward pass; larger batches accumulate gradients
     reuse_prefix: bool = True  # run only the positions δ reaches on each step (prefix_cache.py)
+    # Run the prefill, whose keys and values the steps reuse, under the steps' attention kernel
+    # (_attention_for_backward: plain math on CPU), so the reuse self-check compares caching, not
+    # two kernels' rounding. In bf16 the two kernels drift apart as a session's edits pile up
+    # (0.19 after 176 edits on the default model, over the check's 0.1) and every later step then
+    # ran whole rows, twice the time. False: the default kernel (records written before it existed).
+    prefill_like_steps: bool = True
     # The stopping rule (with early_stop). A fact stops once its target is the argmax at every
     # target position of every rewrite prompt, and also, where set:
     min_prob: float = 0.0  # every rewrite prompt gives the target probability ≥ min_prob (exp of −mean token NLL)
@@ -242,7 +248,8 @@ def _optimize_group(
     lay = _layout(per_fact, pad, device)
     E = len(lay.packs)
     # once, without gradients: blocks 0..layer everywhere, and what δ cannot reach above it
-    pre = prefix_cache.Prefill(model, layer, lay.input_ids, lay.mask, lay.subj, cfg.max_rows, reuse=cfg.reuse_prefix)
+    with _attention_for_backward(device) if cfg.prefill_like_steps else contextlib.nullcontext():
+        pre = prefix_cache.Prefill(model, layer, lay.input_ids, lay.mask, lay.subj, cfg.max_rows, reuse=cfg.reuse_prefix)
     hd = pre.hidden.device  # block `layer`'s device: δ and the losses live there (a spread model's GPUs differ)
     lay.n_rewrite = lay.n_rewrite.to(hd)
     bare = torch.tensor([p.rows[0] for p in lay.packs], device=hd)
