@@ -136,7 +136,7 @@ def test_the_prefill_runs_under_the_steps_attention_kernel(tokenizer, caplog):
     """On CPU the steps attend with the plain-math kernel. With the prefill under it too, the
     first step's self-check in bf16 sees the cached path reproduce the prefill bit for bit; under
     the default kernel it sees the two kernels' rounding, which a session's edits amplify (0.19 on
-    the default model after 176 edits, over the 0.1 at which every later step ran whole rows)."""
+    the default model after 176 edits, over the 0.1 above which a commit runs whole rows)."""
     worst = {}
     for same in (True, False):
         caplog.clear()

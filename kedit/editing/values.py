@@ -65,8 +65,8 @@ class ValueConfig:
     # Run the prefill, whose keys and values the steps reuse, under the steps' attention kernel
     # (_attention_for_backward: plain math on CPU), so the reuse self-check compares caching, not
     # two kernels' rounding. In bf16 the two kernels drift apart as a session's edits pile up
-    # (0.19 after 176 edits on the default model, over the check's 0.1) and every later step then
-    # ran whole rows, twice the time. False: the default kernel (records written before it existed).
+    # (0.19 after 176 edits on the default model, over the check's 0.1), and such a commit then ran
+    # whole rows, twice the time. False: the default kernel (records written before it existed).
     prefill_like_steps: bool = True
     # The stopping rule (with early_stop). A fact stops once its target is the argmax at every
     # target position of every rewrite prompt, and also, where set:
