@@ -156,3 +156,107 @@ async def test_clear_queue_from_the_palette_asks_first(session):
         await pilot.pause()
         assert app.query_one("#queue-table").row_count == 0
         assert ("dropped 2 queued fact(s)", "information") in app.notes
+
+
+# Another process holds the session folder's lock until told; a line on its stdin is a fact
+# (subject|prompt|target) it queues itself before letting go.
+HOLD_THE_FOLDER = """
+import sys
+from pathlib import Path
+from kedit.facts import Fact
+from kedit.session.folder import SessionFolder
+from kedit.session.lock import FOLDER_LOCK, hold
+from kedit.session.queue_view import SessionQueue
+
+path = Path(sys.argv[1])
+with hold(path / FOLDER_LOCK, "a test holding the folder", 10, 10):
+    print("held", flush=True)
+    line = sys.stdin.readline().strip()
+    if line:
+        SessionQueue(SessionFolder(path)).add(Fact(*line.split("|")))
+"""
+
+
+def hold_the_folder(session):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_FOLDER, str(session.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def release(holder, line: str = "") -> None:
+    holder.stdin.write(line + "\n")
+    holder.stdin.close()
+    assert holder.wait(timeout=30) == 0
+
+
+async def test_ctrl_s_right_after_enter_commits_the_fact_on_its_way_to_the_queue(tmp_path, tokenizer):
+    """Enter hands the fact to a worker; a Ctrl+S before it is saved waits for it instead of
+    finding the queue empty (or committing the batch without it)."""
+    from tui_support import tiny_session
+
+    session = tiny_session(tmp_path / "s", tokenizer)
+    fact = Fact("Eiffel Tower", "The {} is located in the city of", "London")
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        holder = hold_the_folder(session)  # the fact cannot be saved until the holder lets go
+        await type_into(pilot, "#subject", fact.subject)
+        await type_into(pilot, "#prompt", fact.prompt)
+        await type_into(pilot, "#target", fact.target)
+        await pilot.press("enter", "ctrl+s")
+        await pilot.pause(0.2)
+        assert session.queue == () and app.commit_waiting and not app.committing
+        await pilot.press("ctrl+s")  # a second press while it waits commits nothing twice
+        assert ("the commit starts once the queued fact is saved", "warning") in app.notes
+        release(holder)
+        await wait_until(pilot, lambda: session.active_commits() and not app.committing, timeout=120,
+                         what="the commit")
+        assert not any("queue is empty" in text for text, _ in app.notes)
+    assert [e.facts for e in session.active_commits()] == [(fact,)]
+    assert session.queue == ()
+
+
+async def test_ctrl_s_commits_a_complete_fact_still_in_the_form(tmp_path, tokenizer):
+    from tui_support import tiny_session
+
+    session = tiny_session(tmp_path / "s", tokenizer)
+    queued = Fact("Colosseum", "The {} stands in", "Berlin")
+    session.add(queued)
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await type_into(pilot, "#subject", "Louvre")
+        await type_into(pilot, "#prompt", "The {} is in")
+        await type_into(pilot, "#target", "Rome")  # no Enter
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: session.active_commits() and not app.committing, timeout=120,
+                         what="the commit")
+        assert app.queue_pane.form_values() == ("", "", "")
+    assert [e.facts for e in session.active_commits()] == [(queued, Fact("Louvre", "The {} is in", "Rome"))]
+
+
+async def test_a_fact_that_cannot_be_queued_stops_the_commit_it_was_meant_for(tmp_path, tokenizer):
+    """Another process queues a conflicting fact first: the form's fact is refused, and the
+    commit does not go ahead without it."""
+    from tui_support import tiny_session
+
+    session = tiny_session(tmp_path / "s", tokenizer)
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        holder = hold_the_folder(session)
+        await type_into(pilot, "#subject", "Louvre")
+        await type_into(pilot, "#prompt", "The {} is in")
+        await type_into(pilot, "#target", "Rome")
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        assert app.commit_waiting
+        release(holder, "Louvre|The {} is in|Paris")
+        await wait_until(pilot, lambda: not app.commit_waiting, timeout=30, what="the refused fact")
+        await pilot.pause()
+        assert ("nothing committed: the fact in the form could not be queued", "warning") in app.notes
+        assert "conflicts with the queued" in message_text(app)
+        assert app.queue_pane.form_values() == ("Louvre", "The {} is in", "Rome")  # kept for fixing
+        assert not app.committing
+    assert session.active_commits() == [] and session.queue == (Fact("Louvre", "The {} is in", "Paris"),)

@@ -266,7 +266,6 @@ class Session:
         return True
 
     # -- what the session is ------------------------------------------------------------------
-    # -- what the session is ------------------------------------------------------------------
 
     @property
     def path(self) -> Path:

@@ -104,6 +104,8 @@ class KeditApp(App):
         self.loading_session = session is None
         self.committing = False
         self.exporting = False
+        self.queue_changes = 0  # queue changes sent to a worker and not back yet
+        self.commit_waiting = False  # Ctrl+S came while a queue change was on its way
         self.last_prompt: str | None = None
         self.query_seq = 0
         self._stop: threading.Event | None = None
@@ -238,6 +240,8 @@ class KeditApp(App):
             return "no session is open: Ctrl+P → Open another session"
         if self.committing:
             return "a commit is running (Esc cancels it)"
+        if self.commit_waiting:
+            return "the commit starts once the queued fact is saved"
         if self.exporting:
             return "an export is running"
         return None
@@ -310,6 +314,7 @@ class KeditApp(App):
     def change_queue(self, kind: str, label: str, change) -> None:
         """Run ``change(queue)`` (add/replace/remove/...) off the UI thread: another process may
         hold the folder's lock for a moment, and the UI must not wait for it."""
+        self.queue_changes += 1
         self._queue_worker(kind, label, change, self.queue)
 
     @work(thread=True, group="queue", exit_on_error=False)
@@ -317,12 +322,18 @@ class KeditApp(App):
         try:
             change(queue)
         except BaseException as exc:  # noqa: BLE001
+            try:
+                queue.refresh()  # a refusal may come from what another process queued: show it at once
+            except Exception:  # noqa: BLE001 (the refusal is what the person must see)
+                pass
             self.post_message(QueueChanged(kind, label, exc))
         else:
             self.post_message(QueueChanged(kind, label))
 
     def on_queue_changed(self, message: QueueChanged) -> None:
+        self.queue_changes -= 1
         self.queue_pane.change_done(message.kind, message.label, message.error)
+        self._commit_if_waiting(failed=message.error is not None)
         if message.error is not None:
             if not (message.kind in ("add", "replace") and isinstance(message.error, KeditError)):
                 self.notify(error_text(message.error), title=f"queue {message.kind} failed", severity="error")
@@ -388,6 +399,15 @@ class KeditApp(App):
         if self.busy:
             self.notify(self.busy, severity="warning")
             return
+        if self.queue_changes == 0:
+            fact = self.queue_pane.validate_form()  # a complete fact still in the form joins the batch
+            if fact is not None:
+                self.queue_pane.submit_fact(fact)
+        if self.queue_changes:
+            # Enter (or the line above) sent a fact to the queue and it is not saved yet: commit
+            # when it is, so the batch holds what the person saw queued.
+            self.commit_waiting = True
+            return
         n = len(self.session.queue)
         if n == 0:
             self.notify("the queue is empty: add a fact first", severity="warning")
@@ -398,6 +418,16 @@ class KeditApp(App):
         self.status.set_state("committing")
         self.refresh_bindings()
         self._commit_worker(self._stop)
+
+    def _commit_if_waiting(self, failed: bool) -> None:
+        """A queue change came back: start the commit Ctrl+S asked for once none is left on its way."""
+        if not self.commit_waiting or self.queue_changes:
+            return
+        self.commit_waiting = False
+        if failed:  # the form says why; the person fixes the fact and presses Ctrl+S again
+            self.notify("nothing committed: the fact in the form could not be queued", severity="warning")
+            return
+        self.action_commit()
 
     @work(thread=True, exclusive=True, group="commit", exit_on_error=False)
     def _commit_worker(self, stop: threading.Event) -> None:

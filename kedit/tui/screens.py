@@ -30,7 +30,7 @@ under the form as you type.
 
 | key | what |
 |---|---|
-| Ctrl+S | commit the queued facts as one batch |
+| Ctrl+S | commit the queued facts as one batch (a complete fact still in the form joins it) |
 | Esc | cancel a running commit (no weight changes) · leave a form being edited |
 | Ctrl+Z | undo the last commit (asks first) |
 | Ctrl+O | load facts from a file (jsonl / csv) |
