@@ -106,6 +106,7 @@ class KeditApp(App):
         self.exporting = False
         self.queue_changes = 0  # queue changes sent to a worker and not back yet
         self.commit_waiting = False  # Ctrl+S came while a queue change was on its way
+        self.failed_while_waiting: str | None = None  # why that commit must not go ahead
         self.last_prompt: str | None = None
         self.query_seq = 0
         self._stop: threading.Event | None = None
@@ -333,7 +334,7 @@ class KeditApp(App):
     def on_queue_changed(self, message: QueueChanged) -> None:
         self.queue_changes -= 1
         self.queue_pane.change_done(message.kind, message.label, message.error)
-        self._commit_if_waiting(failed=message.error is not None)
+        self._commit_if_waiting(message.kind if message.error is not None else None)
         if message.error is not None:
             if not (message.kind in ("add", "replace") and isinstance(message.error, KeditError)):
                 self.notify(error_text(message.error), title=f"queue {message.kind} failed", severity="error")
@@ -419,13 +420,20 @@ class KeditApp(App):
         self.refresh_bindings()
         self._commit_worker(self._stop)
 
-    def _commit_if_waiting(self, failed: bool) -> None:
-        """A queue change came back: start the commit Ctrl+S asked for once none is left on its way."""
-        if not self.commit_waiting or self.queue_changes:
+    def _commit_if_waiting(self, failed_kind: str | None) -> None:
+        """A queue change came back (``failed_kind``: it failed): start the commit Ctrl+S asked
+        for once none is left on its way, unless one of them failed."""
+        if not self.commit_waiting:
+            return
+        if failed_kind is not None and self.failed_while_waiting is None:
+            self.failed_while_waiting = ("the fact in the form could not be queued" if failed_kind in ("add", "replace")
+                                         else "the queue could not be changed")
+        if self.queue_changes:
             return
         self.commit_waiting = False
-        if failed:  # the form says why; the person fixes the fact and presses Ctrl+S again
-            self.notify("nothing committed: the fact in the form could not be queued", severity="warning")
+        failed, self.failed_while_waiting = self.failed_while_waiting, None
+        if failed is not None:  # the form or a notice says why; the person fixes it and presses Ctrl+S again
+            self.notify(f"nothing committed: {failed}", severity="warning")
             return
         self.action_commit()
 
