@@ -174,11 +174,9 @@ class Prefill:
         self.start = torch.zeros_like(self.start)
         self.kv = []
 
-    def batch(self, sel: torch.Tensor, whole: bool = False) -> StepInputs:
-        """Inputs for the rows ``sel`` (r,): their positions start.., with the cached past
-        (``whole``: every position, no cache, as when reuse is off)."""
-        st = torch.zeros_like(self.start[sel]) if whole else self.start[sel]  # (r,)
-        n = self.length[sel] - st  # (r,) suffix lengths
+    def batch(self, sel: torch.Tensor) -> StepInputs:
+        """Inputs for the rows ``sel`` (r,): their positions start.., with the cached past."""
+        st, n = self.start[sel], self.length[sel] - self.start[sel]  # (r,), (r,) suffix lengths
         r, S, P = len(sel), int(n.max()), int(st.max())
         j = torch.arange(S, device=sel.device)
         valid = j[None] < n[:, None]  # (r, S)

@@ -68,13 +68,6 @@ class ValueConfig:
     # (0.19 after 176 edits on the default model, over the check's 0.1), and such a commit then ran
     # whole rows, twice the time. False: the default kernel (records written before it existed).
     prefill_like_steps: bool = True
-    # The self-check's second opinion. When the cached path misses the prefill by more than the
-    # check allows, the same rows run whole at δ = 0 (the path it would fall back to) and are
-    # compared with the prefill too: a row whose cached difference is within this factor of its
-    # whole-row difference is rounding, which the fallback would not remove, and the cache stays.
-    # Late in a long bf16 session both reach 0.2-0.3 (a damaged model amplifies rounding); a wrong
-    # mask or position leaves whole rows exact. 0: off (records written before it existed).
-    reuse_whole_factor: float = 2.0
     # The stopping rule (with early_stop). A fact stops once its target is the argmax at every
     # target position of every rewrite prompt, and also, where set:
     min_prob: float = 0.0  # every rewrite prompt gives the target probability ≥ min_prob (exp of −mean token NLL)
@@ -348,7 +341,7 @@ def _run_rows(ctx: _Ctx, bucket: list[int], scores: _Scores, check: bool) -> Non
     last = ctx.body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
                     **prefix_cache.cache_kwargs(ctx.body, x.cache)).last_hidden_state  # (r, S, d_model)
     if check:  # δ = 0 on the first step: the cached path must reproduce the prefill
-        _check_reuse(ctx, sel, last, x)
+        _check_reuse(last, x.reference, x.valid)
     rw = [j for j, r in enumerate(bucket) if not lay.is_kl[r]]
     if rw:
         _target_terms(ctx, bucket, rw, last, x.start, fid, scores)
@@ -486,53 +479,18 @@ class _ReuseMismatch(Exception):
     pass
 
 
-def _check_reuse(ctx: _Ctx, sel: torch.Tensor, last: torch.Tensor, x: prefix_cache.StepInputs) -> None:
+def _check_reuse(last: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor) -> None:
     """Relative difference per row between the suffix pass and the prefill, at δ = 0. Rounding
     alone gives ~2e-2 in bfloat16 through SmolLM2's 28 upper blocks and ~1e-7 in float64; a wrong
-    mask or position is off by tens of percent. Rows over the limit get the second opinion of
-    whole rows (``ValueConfig.reuse_whole_factor``)."""
-    tol = _reuse_tolerance(x.reference.dtype)
-    cached = _row_difference(last, x.reference, x.valid)  # (r,)
-    worst = float(cached.max())
-    log.debug("prefix reuse self-check: worst relative difference %.3g", worst)
-    if worst <= tol:
-        return
-    factor = ctx.cfg.reuse_whole_factor
-    if factor > 0:
-        whole = _row_difference(_whole_rows(ctx, sel, x), x.reference, x.valid)  # (r,)
-        if bool((cached <= torch.clamp(factor * whole, min=tol)).all()):
-            log.info("cached prefix differs from the prefill by %.3g, whole rows by %.3g: rounding; "
-                     "keeping the cache", worst, float(whole.max()))
-            return
-        worst_whole = f", whole rows {float(whole.max()):.3g}"
-    else:
-        worst_whole = ""
-    raise _ReuseMismatch(f"relative difference {worst:.3g} > {tol}{worst_whole}")
-
-
-def _reuse_tolerance(dtype: torch.dtype) -> float:
-    """The relative difference the self-check allows without a second opinion."""
-    return 0.1 if dtype.itemsize < 4 else 1e-3
-
-
-def _row_difference(last: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """‖last − reference‖ / ‖reference‖ per row over its valid positions: (r,)."""
+    mask or position is off by tens of percent."""
+    tol = 0.1 if reference.element_size() < 4 else 1e-3
     valid = valid.to(last.device)
     diff = ((last.detach() - reference).float() * valid[..., None]).norm(dim=(1, 2))  # (r,)
     ref = (reference.float() * valid[..., None]).norm(dim=(1, 2)).clamp_min(1e-12)  # (r,)
-    return diff / ref
-
-
-@torch.no_grad()
-def _whole_rows(ctx: _Ctx, sel: torch.Tensor, x: prefix_cache.StepInputs) -> torch.Tensor:
-    """The rows ``sel`` run whole at δ = 0, read at the suffix positions of ``x``: (r, S, d_model)."""
-    w = ctx.pre.batch(sel, whole=True)
-    ctx.inject.hidden = w.hidden
-    out = ctx.body(input_ids=w.input_ids, attention_mask=w.attention_mask, use_cache=False).last_hidden_state  # (r, T, d_model)
-    S = x.valid.shape[1]
-    pos = torch.minimum(x.start[:, None] + torch.arange(S, device=x.start.device)[None],
-                        ctx.pre.length[sel, None] - 1)  # (r, S) as Prefill.batch lays them out
-    return out[torch.arange(len(sel), device=out.device)[:, None], pos.to(out.device)]
+    worst = float((diff / ref).max())
+    log.debug("prefix reuse self-check: worst relative difference %.3g", worst)
+    if not worst <= tol:
+        raise _ReuseMismatch(f"relative difference {worst:.3g} > {tol}")
 
 
 def _attention_for_backward(device):
