@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from kedit.facts import Fact
 from kedit.tui.messages import QueueChanged
-from tui_support import RecordingApp, tiny, type_into, wait_until  # noqa: F401 (tiny: a fixture)
+from tui_support import RecordingApp, tiny, tiny_session, type_into, wait_until  # noqa: F401 (tiny: a fixture)
 
 
 @pytest.fixture
@@ -165,22 +167,24 @@ import sys
 from pathlib import Path
 from kedit.facts import Fact
 from kedit.session.folder import SessionFolder
-from kedit.session.lock import FOLDER_LOCK, hold
 from kedit.session.queue_view import SessionQueue
 
-path = Path(sys.argv[1])
-with hold(path / FOLDER_LOCK, "a test holding the folder", 10, 10):
+folder = SessionFolder(Path(sys.argv[1]))
+with folder.folder_lock("a test holding the folder", wait=10):
     print("held", flush=True)
     line = sys.stdin.readline().strip()
     if line:
-        SessionQueue(SessionFolder(path)).add(Fact(*line.split("|")))
+        SessionQueue(folder).add(Fact(*line.split("|")))
 """
 
 
-def hold_the_folder(session):
-    import subprocess
-    import sys
+@pytest.fixture
+def own_session(tmp_path, tokenizer):
+    """A tiny-model session of the test's own (these tests commit to it)."""
+    return tiny_session(tmp_path / "s", tokenizer)
 
+
+def hold_the_folder(session):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_FOLDER, str(session.path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -193,12 +197,10 @@ def release(holder, line: str = "") -> None:
     assert holder.wait(timeout=30) == 0
 
 
-async def test_ctrl_s_right_after_enter_commits_the_fact_on_its_way_to_the_queue(tmp_path, tokenizer):
+async def test_ctrl_s_right_after_enter_commits_the_fact_on_its_way_to_the_queue(own_session):
     """Enter hands the fact to a worker; a Ctrl+S before it is saved waits for it instead of
     finding the queue empty (or committing the batch without it)."""
-    from tui_support import tiny_session
-
-    session = tiny_session(tmp_path / "s", tokenizer)
+    session = own_session
     fact = Fact("Eiffel Tower", "The {} is located in the city of", "London")
     app = RecordingApp(session=session)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -219,10 +221,8 @@ async def test_ctrl_s_right_after_enter_commits_the_fact_on_its_way_to_the_queue
     assert session.queue == ()
 
 
-async def test_ctrl_s_commits_a_complete_fact_still_in_the_form(tmp_path, tokenizer):
-    from tui_support import tiny_session
-
-    session = tiny_session(tmp_path / "s", tokenizer)
+async def test_ctrl_s_commits_a_complete_fact_still_in_the_form(own_session):
+    session = own_session
     queued = Fact("Colosseum", "The {} stands in", "Berlin")
     session.add(queued)
     app = RecordingApp(session=session)
@@ -237,12 +237,10 @@ async def test_ctrl_s_commits_a_complete_fact_still_in_the_form(tmp_path, tokeni
     assert [e.facts for e in session.active_commits()] == [(queued, Fact("Louvre", "The {} is in", "Rome"))]
 
 
-async def test_a_fact_that_cannot_be_queued_stops_the_commit_it_was_meant_for(tmp_path, tokenizer):
+async def test_a_fact_that_cannot_be_queued_stops_the_commit_it_was_meant_for(own_session):
     """Another process queues a conflicting fact first: the form's fact is refused, and the
     commit does not go ahead without it."""
-    from tui_support import tiny_session
-
-    session = tiny_session(tmp_path / "s", tokenizer)
+    session = own_session
     app = RecordingApp(session=session)
     async with app.run_test(size=(80, 24)) as pilot:
         holder = hold_the_folder(session)
