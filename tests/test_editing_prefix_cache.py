@@ -7,12 +7,13 @@ same computation as running whole rows, for every supported family, and that the
 
 import dataclasses
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny, make_tiny_llama
-from kedit.editing import arch, forward, prefix_cache
+from kedit.editing import arch, forward, prefix_cache, values
 from kedit.editing.values import ValueConfig, optimize_values
 from kedit.facts import Fact
 
@@ -87,6 +88,52 @@ def test_a_cache_that_disagrees_falls_back_to_whole_rows(tokenizer, monkeypatch,
     assert fell_back.steps == whole.steps
 
 
+def _rounding_per_row(model) -> list[float]:
+    """The self-check's second opinion on every row of ``_ragged``: how far one rounding of block
+    1's output moves the row's last hidden state from the prefill's."""
+    ids, mask, _, start = _ragged()
+    pre = prefix_cache.Prefill(model, 1, ids, mask, start, max_rows=8)
+    x = pre.batch(torch.arange(4))
+    with torch.no_grad(), forward.restart_above(model, 1) as inject:
+        ctx = SimpleNamespace(pre=pre, inject=inject, body=arch.base_model(model))
+        return [values._rounding_miss(ctx, r, x, r) for r in range(4)]
+
+
+@pytest.mark.parametrize("dtype, low, high", [(torch.bfloat16, 1e-3, 0.05), (torch.float32, 1e-8, 1e-5)])
+def test_one_rounding_moves_a_calm_model_by_about_its_precision(dtype, low, high):
+    """On a model that does not amplify rounding, the second opinion is about the precision's own
+    rounding (bf16: 2^-8; float32: 6e-8): far below the check's tolerance (0.1; 1e-3), so a miss
+    of a wrong cache there is never taken for rounding."""
+    got = _rounding_per_row(make_tiny_llama(dtype=dtype))
+    assert all(low < g < high for g in got), got
+
+
+def test_a_miss_that_one_rounding_explains_keeps_the_cache(tokenizer, monkeypatch, caplog):
+    """A heavily edited model can amplify rounding so much that two bf16 passes of one row differ
+    by 0.28 (the default model after 688 edits); a tiny model cannot be made to (its norms undo any
+    scaling), so here the second opinion is given that size by hand. The same wrong cache as above
+    is then kept, with a log line saying why; without the second opinion, or with its real figure
+    (about 1e-16 in float64), whole rows run."""
+    model = make_tiny_llama().double()
+    whole = _values(model, tokenizer, reuse_prefix=False)
+    real_kv = prefix_cache._kv
+    monkeypatch.setattr(prefix_cache, "_kv", lambda cache, layer: tuple(2 * t for t in real_kv(cache, layer)))
+    real_rounding = values._rounding_miss
+    monkeypatch.setattr(values, "_rounding_miss", lambda *a: 10 * real_rounding(*a) + 10.0)
+    with caplog.at_level(logging.INFO, logger="kedit.editing.values"):
+        kept = _values(model, tokenizer)
+    assert "the cache is kept" in caplog.text and "running whole rows" not in caplog.text
+    assert not torch.allclose(kept.delta, whole.delta, rtol=1e-5, atol=1e-7)  # the wrong cache was used
+    for setting, patched in ((dict(reuse_check_rounding=False), True), ({}, False)):
+        if not patched:
+            monkeypatch.setattr(values, "_rounding_miss", real_rounding)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="kedit.editing.values"):
+            fell_back = _values(model, tokenizer, **setting)
+        assert "running whole rows" in caplog.text and "the cache is kept" not in caplog.text
+        torch.testing.assert_close(fell_back.delta, whole.delta, rtol=1e-5, atol=1e-7)  # δ is float32
+
+
 def test_sliding_window_shorter_than_the_rows_runs_whole_rows(tokenizer):
     model = make_tiny("mistral").double()
     ids, mask, _, start = _ragged()
@@ -117,7 +164,8 @@ def test_values_agree_in_bfloat16(tokenizer):
 
 
 def test_records_from_before_prefix_reuse_recompute_on_whole_rows():
-    """A journal entry written before ``reuse_prefix`` (or ``prefill_like_steps``) existed ran
+    """A journal entry written before ``reuse_prefix`` (or ``prefill_like_steps``, or
+    ``reuse_check_rounding``) existed ran
     without it; a ``--recompute`` replay must run that arithmetic again to reproduce its weights
     bit for bit."""
     from kedit.editing import HParams, preset
@@ -125,9 +173,13 @@ def test_records_from_before_prefix_reuse_recompute_on_whole_rows():
     hp = preset("default", "emmet")
     d = hp.to_dict()
     assert d["values"]["reuse_prefix"] is True and d["values"]["prefill_like_steps"] is True
+    assert d["values"]["reuse_check_rounding"] is True
     assert HParams.from_dict(d) == hp
+    del d["values"]["reuse_check_rounding"]
+    assert HParams.from_dict(d).values == dataclasses.replace(hp.values, reuse_check_rounding=False)
     del d["values"]["prefill_like_steps"]
-    assert HParams.from_dict(d).values == dataclasses.replace(hp.values, prefill_like_steps=False)
+    assert HParams.from_dict(d).values == dataclasses.replace(hp.values, prefill_like_steps=False,
+                                                              reuse_check_rounding=False)
     del d["values"]["reuse_prefix"]
     assert HParams.from_dict(d).values.reuse_prefix is False
 

@@ -73,10 +73,11 @@ class HParams:
     def from_dict(cls, d: dict) -> "HParams":
         d = dict(d)
         d["layers"] = tuple(d["layers"])
-        # Records written before prefix reuse (or the prefill under the steps' kernel) existed ran
-        # without it: replaying them with --recompute must run the same arithmetic to reproduce
-        # their weights bit for bit.
-        d["values"] = ValueConfig(**{"reuse_prefix": False, "prefill_like_steps": False, **d.get("values", {})})
+        # Records written before prefix reuse, the prefill under the steps' kernel or the
+        # self-check's second opinion existed ran without them: replaying them with --recompute
+        # must run the same arithmetic to reproduce their weights bit for bit.
+        legacy = {"reuse_prefix": False, "prefill_like_steps": False, "reuse_check_rounding": False}
+        d["values"] = ValueConfig(**{**legacy, **d.get("values", {})})
         return cls(**d)
 
 

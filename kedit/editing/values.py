@@ -68,6 +68,14 @@ class ValueConfig:
     # (0.19 after 176 edits on the default model, over the check's 0.1), and such a commit then ran
     # whole rows, twice the time. False: the default kernel (records written before it existed).
     prefill_like_steps: bool = True
+    # The self-check's second opinion on a row that misses the prefill by more than its tolerance:
+    # run that row again whole, from its block-``layer`` output moved by one rounding. If that
+    # misses the prefill at least half as much, the blocks above amplify rounding on this row and
+    # the miss says nothing about the cache, which is kept. A heavily edited model does this in
+    # bf16: after 688 edits on the default model one row's cached pass missed by 0.28, the row
+    # rerun from one rounding by 0.27, and every bf16 pass of it, cached or not, was 0.27–0.43
+    # from float32. False: any row over the tolerance runs whole rows (records written before it).
+    reuse_check_rounding: bool = True
     # The stopping rule (with early_stop). A fact stops once its target is the argmax at every
     # target position of every rewrite prompt, and also, where set:
     min_prob: float = 0.0  # every rewrite prompt gives the target probability ≥ min_prob (exp of −mean token NLL)
@@ -341,7 +349,7 @@ def _run_rows(ctx: _Ctx, bucket: list[int], scores: _Scores, check: bool) -> Non
     last = ctx.body(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
                     **prefix_cache.cache_kwargs(ctx.body, x.cache)).last_hidden_state  # (r, S, d_model)
     if check:  # δ = 0 on the first step: the cached path must reproduce the prefill
-        _check_reuse(last, x.reference, x.valid)
+        _check_reuse(ctx, bucket, x, last.detach())
     rw = [j for j, r in enumerate(bucket) if not lay.is_kl[r]]
     if rw:
         _target_terms(ctx, bucket, rw, last, x.start, fid, scores)
@@ -479,18 +487,47 @@ class _ReuseMismatch(Exception):
     pass
 
 
-def _check_reuse(last: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor) -> None:
+def _check_reuse(ctx: _Ctx, bucket: list[int], x: prefix_cache.StepInputs, last: torch.Tensor) -> None:
     """Relative difference per row between the suffix pass and the prefill, at δ = 0. Rounding
     alone gives ~2e-2 in bfloat16 through SmolLM2's 28 upper blocks and ~1e-7 in float64; a wrong
-    mask or position is off by tens of percent."""
-    tol = 0.1 if reference.element_size() < 4 else 1e-3
-    valid = valid.to(last.device)
-    diff = ((last.detach() - reference).float() * valid[..., None]).norm(dim=(1, 2))  # (r,)
-    ref = (reference.float() * valid[..., None]).norm(dim=(1, 2)).clamp_min(1e-12)  # (r,)
-    worst = float((diff / ref).max())
-    log.debug("prefix reuse self-check: worst relative difference %.3g", worst)
-    if not worst <= tol:
-        raise _ReuseMismatch(f"relative difference {worst:.3g} > {tol}")
+    mask or position is off by tens of percent on every row it touches. A row over the tolerance
+    gets a second opinion (``ValueConfig.reuse_check_rounding``): how much its own rounding moves it."""
+    tol = 0.1 if x.reference.element_size() < 4 else 1e-3
+    miss = _relative_miss(last, x.reference, x.valid)  # (r,)
+    log.debug("prefix reuse self-check: worst relative difference %.3g", float(miss.max()))
+    for j in torch.nonzero(~(miss <= tol)).flatten().tolist():  # NaN counts as over
+        if not ctx.cfg.reuse_check_rounding:
+            raise _ReuseMismatch(f"relative difference {float(miss[j]):.3g} > {tol}")
+        rounding = _rounding_miss(ctx, bucket[j], x, j)
+        if not float(miss[j]) <= 2 * rounding:
+            raise _ReuseMismatch(f"relative difference {float(miss[j]):.3g} > {tol}; one rounding "
+                                 f"moves the row by {rounding:.3g}")
+        log.info("prefix reuse self-check: a row misses by %.3g, and one rounding moves it by %.3g: "
+                 "rounding, the cache is kept", float(miss[j]), rounding)
+
+
+def _relative_miss(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """‖out − reference‖ / ‖reference‖ per row over the valid positions: (r, S, d) → (r,)."""
+    valid = valid.to(out.device)[..., None]  # (r, S, 1)
+    diff = ((out - reference.to(out.device)).float() * valid).norm(dim=(1, 2))  # (r,)
+    return diff / (reference.to(out.device).float() * valid).norm(dim=(1, 2)).clamp_min(1e-12)
+
+
+def _rounding_miss(ctx: _Ctx, row: int, x: prefix_cache.StepInputs, j: int) -> float:
+    """How far row ``row`` (slot ``j`` of the pass ``x``) lands from the prefill at the positions
+    the pass checked when it runs again whole, alone, with block ``layer``'s output moved by one
+    rounding of its precision (each element to its next value up or down, at random from a fixed
+    seed): how much the blocks above amplify rounding on this row."""
+    pre, S = ctx.pre, x.valid.shape[1]
+    L = int(pre.length[row])
+    h = pre.hidden[row : row + 1, :L]  # (1, L, d_model) blocks 0..layer, as the prefill ran them
+    up = torch.rand(h.shape, generator=torch.Generator().manual_seed(0)).to(h.device) < 0.5  # (1, L, d_model)
+    ctx.inject.hidden = torch.nextafter(h, torch.where(up, torch.inf, -torch.inf).to(h.dtype))  # (1, L, d_model)
+    with torch.no_grad():
+        whole = ctx.body(input_ids=pre.input_ids[row : row + 1, :L],
+                         **prefix_cache.cache_kwargs(ctx.body, None)).last_hidden_state  # (1, L, d_model)
+    pos = (int(x.start[j]) + torch.arange(S)).clamp_max(L - 1).to(whole.device)  # (S,) as Prefill.batch lays them
+    return float(_relative_miss(whole[:, pos], x.reference[j : j + 1], x.valid[j : j + 1]))
 
 
 def _attention_for_backward(device):
