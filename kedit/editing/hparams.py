@@ -227,11 +227,11 @@ def preset(model_name: str, method: str = "emmet", num_layers: int | None = None
 
     Unknown models get the default model's EMMET settings, or MEMIT as published, with the layers
     placed at ~10% of depth (the published layer sweeps find early layers best) and Adam's value
-    steps: the normalised steps
-    were measured on the default model only, and a model that needs a δ of several times ‖h‖
-    would not reach it in 25 steps of 0.1·‖h‖. ROME is EMMET with one fact per batch. Instruct models also
-    fit each fact as a chat turn (``ValueConfig.chat``): on the default model, 32 CounterFact
-    edits then show in 50% of chat answers instead of 34% (docs/results.md).
+    steps: the normalised steps were measured on the default model only, and a model that needs a
+    δ of several times ‖h‖ would not reach it in 25 steps of 0.1·‖h‖. ROME is EMMET with one fact
+    per batch. Instruct models also fit each fact as a chat turn (``ValueConfig.chat``): on the
+    default model, 32 CounterFact edits then show in 50% of chat answers instead of 34%
+    (docs/results.md).
     """
     method_name(method)
     fam = family_of(model_name)

@@ -520,9 +520,11 @@ def _rounding_miss(ctx: _Ctx, row: int, x: prefix_cache.StepInputs, j: int) -> f
     seed): how much the blocks above amplify rounding on this row."""
     pre, S = ctx.pre, x.valid.shape[1]
     L = int(pre.length[row])
-    h = pre.hidden[row : row + 1, :L]  # (1, L, d_model) blocks 0..layer, as the prefill ran them
-    up = torch.rand(h.shape, generator=torch.Generator().manual_seed(0)).to(h.device) < 0.5  # (1, L, d_model)
-    ctx.inject.hidden = torch.nextafter(h, torch.where(up, torch.inf, -torch.inf).to(h.dtype))  # (1, L, d_model)
+    h = pre.hidden[row : row + 1, :L].cpu()  # (1, L, d_model) blocks 0..layer, as the prefill ran them
+    up = torch.rand(h.shape, generator=torch.Generator().manual_seed(0)) < 0.5  # (1, L, d_model)
+    # on the CPU, which has nextafter for every float type (one row: cheap)
+    moved = torch.nextafter(h, torch.where(up, torch.inf, -torch.inf).to(h.dtype))  # (1, L, d_model)
+    ctx.inject.hidden = moved.to(pre.hidden.device)
     with torch.no_grad():
         whole = ctx.body(input_ids=pre.input_ids[row : row + 1, :L],
                          **prefix_cache.cache_kwargs(ctx.body, None)).last_hidden_state  # (1, L, d_model)
