@@ -52,7 +52,7 @@ from kedit.tui.status import StatusLine
 
 METHOD_CHOICES = [
     ("emmet", "emmet — batched, equality-constrained (one layer)"),
-    ("memit", "memit — batched, least squares (one or more layers)"),
+    ("memit", "memit — batched, spread over several layers"),
     ("rome", "rome — one fact after another (one layer)"),
 ]
 
