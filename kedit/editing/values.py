@@ -528,7 +528,8 @@ def _rounding_miss(ctx: _Ctx, row: int, x: prefix_cache.StepInputs, j: int) -> f
     with torch.no_grad():
         whole = ctx.body(input_ids=pre.input_ids[row : row + 1, :L],
                          **prefix_cache.cache_kwargs(ctx.body, None)).last_hidden_state  # (1, L, d_model)
-    pos = (int(x.start[j]) + torch.arange(S)).clamp_max(L - 1).to(whole.device)  # (S,) as Prefill.batch lays them
+    # suffix slot i is position start + i; padding slots (masked below) are clamped into the row
+    pos = (int(x.start[j]) + torch.arange(S)).clamp_max(L - 1).to(whole.device)  # (S,)
     return float(_relative_miss(whole[:, pos], x.reference[j : j + 1], x.valid[j : j + 1]))
 
 
