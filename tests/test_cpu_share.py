@@ -17,7 +17,7 @@ needs_two_cores = pytest.mark.skipif(cpu.cores() < 2, reason="a fair share of on
 
 @pytest.fixture(autouse=True)
 def own_registry(tmp_path, monkeypatch):
-    monkeypatch.setenv("KEDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KEDIT_BUSY_DIR", str(tmp_path / "busy"))
     monkeypatch.setattr(cpu._State, "fixed", None)
     before = torch.get_num_threads()
     yield
@@ -95,3 +95,30 @@ def test_two_real_kedit_processes_split_the_cores():
         assert _threads_in_a_new_process() == max(1, cpu.cores() // 2)
     assert _threads_in_a_new_process() == cpu.cores()
     assert _threads_in_a_new_process(dict(os.environ, OMP_NUM_THREADS="3")) == 3  # the user's count
+
+
+@needs_two_cores
+def test_processes_with_different_caches_share_the_machines_registry(tmp_path, monkeypatch):
+    """The registry belongs to the machine (the temp folder), not to a cache: a process using
+    another KEDIT_CACHE_DIR (another user, a test run) still counts."""
+    monkeypatch.delenv("KEDIT_BUSY_DIR")
+    monkeypatch.setenv("KEDIT_CACHE_DIR", str(tmp_path / "cache-a"))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))  # this process's temp folder, read once
+    env = dict(os.environ, TMPDIR=str(temp), KEDIT_CACHE_DIR=str(tmp_path / "cache-b"))
+    with cpu.computing():
+        assert cpu.busy_dir() == temp / "kedit-busy"
+        assert oct((temp / "kedit-busy").stat().st_mode & 0o7777) == oct(0o1777)  # every user may announce
+        assert _threads_in_a_new_process(env) == max(1, cpu.cores() // 2)
+    assert _threads_in_a_new_process(env) == cpu.cores()
+
+
+def test_a_link_planted_under_the_processes_name_is_not_followed(tmp_path):
+    target = tmp_path / "victim.txt"
+    target.write_text("keep")
+    cpu.busy_dir().mkdir(parents=True)
+    (cpu.busy_dir() / str(os.getpid())).symlink_to(target)
+    with cpu.computing():
+        pass
+    assert target.read_text() == "keep"

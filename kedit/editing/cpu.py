@@ -5,8 +5,10 @@ processes that each start a thread per core therefore steal each other's time sl
 machine, two value optimisations side by side each took 4.0× their time alone with 2 threads
 apiece, and 1.75× with 1 thread apiece (``docs/results.md``, "Two kedit processes on one machine").
 
-So a kedit process that computes announces it: a file per process under ``<cache>/busy/`` (the
-process id and its start time, so a file left by a killed process is recognised and removed).
+So a kedit process that computes announces it: a file per process in the machine's registry,
+``kedit-busy`` in the system's temp folder (``KEDIT_BUSY_DIR`` elsewhere), not in the cache, so
+processes with different caches or users still see each other. Each file holds the process id's
+start time, so a file left by a killed process is recognised and removed.
 While inside ``computing()``, torch uses ``cores // processes computing`` threads (at least 1).
 
 * ``computing(dynamic=True)`` (evaluations, benchmarks): ``rebalance()``, called between steps
@@ -22,12 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from kedit.paths import cache_dir
 
 _RECHECK_S = 1.0  # rebalance() looks at the other processes at most this often
 
@@ -55,7 +57,9 @@ def fix_threads(n: int) -> None:
 
 
 def busy_dir() -> Path:
-    return cache_dir() / "busy"
+    """The machine's registry of kedit processes that compute (one file each)."""
+    own = os.environ.get("KEDIT_BUSY_DIR")
+    return Path(own) if own else Path(tempfile.gettempdir()) / "kedit-busy"
 
 
 def fair_share() -> int:
@@ -124,10 +128,19 @@ def _my_file() -> Path:
 
 
 def _announce() -> None:
+    folder = busy_dir()
     try:
-        busy_dir().mkdir(parents=True, exist_ok=True)
-        _my_file().write_text(_start_time(os.getpid()))
-    except OSError:  # a read-only cache: this process just does not announce itself
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            if "KEDIT_BUSY_DIR" not in os.environ:
+                # Every user's processes write here, as in /tmp; each can remove only its own files.
+                with contextlib.suppress(OSError):
+                    folder.chmod(0o1777)
+        # O_NOFOLLOW: in a folder others can write to, a link planted under this name is refused.
+        fd = os.open(_my_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(_start_time(os.getpid()))
+    except OSError:  # a registry this process cannot write to: it just does not announce itself
         pass
 
 
