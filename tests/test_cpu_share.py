@@ -83,8 +83,11 @@ def test_the_users_count_is_kept(other, monkeypatch):
 
 
 def _threads_in_a_new_process(env=None) -> int:
+    """The threads a new process takes; without a count of the user's (OMP_NUM_THREADS) unless
+    ``env`` gives one."""
+    env = env or {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     code = "from kedit.editing import cpu\nwith cpu.computing() as n:\n    print(n)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env or os.environ.copy(),
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120, check=True)
     return int(out.stdout.split()[-1])
 
@@ -106,7 +109,8 @@ def test_processes_with_different_caches_share_the_machines_registry(tmp_path, m
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(temp))  # this process's temp folder, read once
-    env = dict(os.environ, TMPDIR=str(temp), KEDIT_CACHE_DIR=str(tmp_path / "cache-b"))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(TMPDIR=str(temp), KEDIT_CACHE_DIR=str(tmp_path / "cache-b"))
     with cpu.computing():
         assert cpu.busy_dir() == temp / "kedit-busy"
         assert oct((temp / "kedit-busy").stat().st_mode & 0o7777) == oct(0o1777)  # every user may announce
