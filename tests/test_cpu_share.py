@@ -82,10 +82,13 @@ def test_the_users_count_is_kept(other, monkeypatch):
         assert n == 3
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """This process's environment without a thread count of the user's (OMP_NUM_THREADS), plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **extra}
+
+
 def _threads_in_a_new_process(env=None) -> int:
-    """The threads a new process takes; without a count of the user's (OMP_NUM_THREADS) unless
-    ``env`` gives one."""
-    env = env or {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env = env or _env()
     code = "from kedit.editing import cpu\nwith cpu.computing() as n:\n    print(n)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120, check=True)
@@ -97,7 +100,7 @@ def test_two_real_kedit_processes_split_the_cores():
     with cpu.computing():
         assert _threads_in_a_new_process() == max(1, cpu.cores() // 2)
     assert _threads_in_a_new_process() == cpu.cores()
-    assert _threads_in_a_new_process(dict(os.environ, OMP_NUM_THREADS="3")) == 3  # the user's count
+    assert _threads_in_a_new_process(_env(OMP_NUM_THREADS="3")) == 3  # the user's count
 
 
 @needs_two_cores
@@ -109,8 +112,7 @@ def test_processes_with_different_caches_share_the_machines_registry(tmp_path, m
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(temp))  # this process's temp folder, read once
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    env.update(TMPDIR=str(temp), KEDIT_CACHE_DIR=str(tmp_path / "cache-b"))
+    env = _env(TMPDIR=str(temp), KEDIT_CACHE_DIR=str(tmp_path / "cache-b"))
     with cpu.computing():
         assert cpu.busy_dir() == temp / "kedit-busy"
         assert oct((temp / "kedit-busy").stat().st_mode & 0o7777) == oct(0o1777)  # every user may announce
