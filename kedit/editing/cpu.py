@@ -32,6 +32,7 @@ import torch
 
 
 _RECHECK_S = 1.0  # rebalance() looks at the other processes at most this often
+_REGISTRY_ENV = "KEDIT_BUSY_DIR"  # the registry's folder where the machine's shared one is not wanted
 
 
 class _State:
@@ -58,7 +59,7 @@ def fix_threads(n: int) -> None:
 
 def busy_dir() -> Path:
     """The machine's registry of kedit processes that compute (one file each)."""
-    own = os.environ.get("KEDIT_BUSY_DIR")
+    own = os.environ.get(_REGISTRY_ENV)
     return Path(own) if own else Path(tempfile.gettempdir()) / "kedit-busy"
 
 
@@ -132,7 +133,7 @@ def _announce() -> None:
     try:
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
-            if "KEDIT_BUSY_DIR" not in os.environ:
+            if _REGISTRY_ENV not in os.environ:
                 # Every user's processes write here, as in /tmp; each can remove only its own files.
                 with contextlib.suppress(OSError):
                     folder.chmod(0o1777)
@@ -150,7 +151,7 @@ def _withdraw() -> None:
 
 
 def _live_pids() -> list[int]:
-    """Processes with a file in ``busy/`` that still run (files of dead ones are removed; on
+    """Processes with a file in the registry that still run (files of dead ones are removed; on
     systems without POSIX signals only this process is counted)."""
     if os.name != "posix":
         return []
