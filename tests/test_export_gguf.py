@@ -6,6 +6,11 @@ new type, damaged or non-Llama files and non-GGUF bases are refused clearly, and
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +135,46 @@ def test_a_gguf_file_loads_as_a_model_and_names_its_source(default_lm):
     lm = load_model(str(path), device="cpu", dtype="float32")  # converted once into the cache dir
     assert gguf_source(str(path)) == path and gguf_source("default") == path and gguf_source(lm.path) is None
     assert model_fingerprint(lm.model) == model_fingerprint(default_lm.model)
+
+
+# One process of several started together on an empty cache: it reports each time it writes a
+# converted model, waits for the go file, converts, then reads the copy it got back.
+_CONVERT_TOGETHER = """
+import os, sys, time
+from pathlib import Path
+from transformers import AutoTokenizer, PreTrainedModel
+from kedit.editing.models import default_gguf, gguf_model_dir
+save = PreTrainedModel.save_pretrained
+def counted(self, *a, **k):
+    print("wrote a converted model", flush=True)
+    return save(self, *a, **k)
+PreTrainedModel.save_pretrained = counted
+Path(sys.argv[1], f"ready{os.getpid()}").touch()
+while not Path(sys.argv[1], "go").exists():
+    time.sleep(0.01)
+d = gguf_model_dir(default_gguf())
+AutoTokenizer.from_pretrained(d)
+print("inode", os.stat(d).st_ino, flush=True)
+"""
+
+
+@pytest.mark.model
+def test_processes_loading_a_gguf_together_convert_it_once(tmp_path):
+    """A TUI and a CLI started together on a fresh machine: before the conversion lock the second
+    conversion replaced the folder while the first process was reading its tokenizer."""
+    env = {**os.environ, "KEDIT_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONVERT_TOGETHER, str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready*"))) < 2 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    out = "".join(o for o, _ in outs)
+    assert out.count("wrote a converted model") == 1  # the second process waited and used the first's copy
+    assert len({line for line in out.splitlines() if line.startswith("inode")}) == 1
+    assert not list((tmp_path / "cache").rglob("*.tmp*"))
 
 
 def test_candidate_types_start_with_the_source_type_when_numpy_can_write_it():

@@ -122,13 +122,26 @@ def _converted(target: Path) -> bool:
 
 
 def _convert_gguf(src: Path, gguf: str, target: Path, label: str) -> None:
+    """Convert once per cache: a second process (a TUI and a CLI started together on a fresh
+    machine) waits for the first's copy instead of converting again and replacing the folder
+    while the first reads it."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_name(target.name + ".lock"))):
+        if not _converted(target):
+            _write_converted(src, gguf, target, label)
+
+
+def _write_converted(src: Path, gguf: str, target: Path, label: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    for left in target.parent.glob(target.name + ".tmp*"):  # what killed conversions left
+        shutil.rmtree(left, ignore_errors=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
@@ -144,9 +157,8 @@ def _convert_gguf(src: Path, gguf: str, target: Path, label: str) -> None:
     model.config.name_or_path = label
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    if target.exists():
+    if target.exists():  # a copy a killed conversion left unfinished
         shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, target)
 
 
