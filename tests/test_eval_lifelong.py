@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -45,6 +46,7 @@ def test_lifelong_command_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
     assert math.isfinite(c["heldout_nll"]) and c["weight_norm"] > 0
     assert out["settings"]["hparams"]["null_space"] == 1e6 and out["settings"]["hparams"]["values"]["steps"] == 2
     assert out["plot"] == str(png) and png.stat().st_size > 1000
+    assert "commit 3 · at 2 edits: ES " in proc.stderr  # a long run shows its figures as they come
 
 
 def test_ctrl_c_keeps_the_checkpoints_reached_and_restores_the_weights(tokenizer, tmp_path):
@@ -58,12 +60,23 @@ def test_ctrl_c_keeps_the_checkpoints_reached_and_restores_the_weights(tokenizer
                        "counterfact") for s in SUBJECTS]
     before = fingerprint(model, [0, 1, 2, 3])
 
+    seen: list[str] = []
+
     def progress(t: Tick) -> None:
-        if t.stage == "edit" and t.detail == "commit 3":
-            raise KeyboardInterrupt
+        if t.stage == "edit":
+            seen.append(t.detail)
+            if t.detail.startswith("commit 3"):
+                raise KeyboardInterrupt
 
     run = run_lifelong(model, tokenizer, ed, recs, 2, [2, 4, 6], progress=progress)
     assert run.interrupted and [c.edits for c in run.checkpoints] == [2, 4] and len(run.commit_seconds) == 2
+    # each commit's progress line carries the last checkpoint's figures
+    last = run.checkpoints[-1]
+    assert seen[0] == "commit 1" and seen[1].startswith("commit 2 · at 2 edits: ES ")
+    num = r"(?:[\d.]+|—)"  # these records have no paraphrases: PS is shown as a dash, not as 0
+    assert re.fullmatch(rf"commit 3 · at 4 edits: ES {num}, PS —, NS {num} \(unedited {num}\), "
+                        rf"first batch {num}%, perplexity [+-][\d.]+%", seen[2])
+    assert f"ES {last.metrics.ES:.1f}," in seen[2] and f"first batch {last.first_batch:.1f}%" in seen[2]
     assert fingerprint(model, [0, 1, 2, 3]) == before
 
 

@@ -34,10 +34,21 @@ class Checkpoint:
     weight_norm: float  # ‖W‖ of the first edit layer's projection
     commit_seconds: float  # the latest commit: edit + apply
 
+    def perplexity_change(self, base_nll: float) -> float:
+        """Held-out perplexity relative to the base model's, minus 1 (0.05: 5% higher)."""
+        return math.exp(self.heldout_nll - base_nll) - 1
+
+    def line(self, base_nll: float) -> str:
+        """The checkpoint in one line, for the progress display of a long run."""
+        m = self.metrics
+        return (f"at {self.edits} edits: ES {_num(m.ES)}, PS {_num(m.PS)}, NS {_num(m.NS)} (unedited "
+                f"{_num(self.baseline.NS)}), first batch {_num(self.first_batch)}%, "
+                f"perplexity {100 * self.perplexity_change(base_nll):+.1f}%")
+
     def to_dict(self, base_nll: float) -> dict:
         return {"edits": self.edits, "metrics": self.metrics.to_dict(), "baseline": self.baseline.to_dict(),
                 "first_batch_ES": self.first_batch, "heldout_nll": self.heldout_nll,
-                "perplexity_change": math.exp(self.heldout_nll - base_nll) - 1, "weight_norm": self.weight_norm,
+                "perplexity_change": self.perplexity_change(base_nll), "weight_norm": self.weight_norm,
                 "commit_seconds": self.commit_seconds}
 
 
@@ -106,7 +117,8 @@ def run_lifelong(
     try:
         for batch in batches_of(records, batch_size):
             if progress:
-                progress(Tick("edit", len(done), len(records), f"commit {stack.depth + 1}"))
+                last = f" · {reached[-1].line(base_nll)}" if reached else ""
+                progress(Tick("edit", len(done), len(records), f"commit {stack.depth + 1}{last}"))
             t = time.perf_counter()
             res = stack.edit([r.fact for r in batch], editor.hparams)
             stack.push(res.deltas, res.facts)
@@ -140,13 +152,15 @@ def _checkpoint(model, tok, done, n_first, base: _Baseline, layer, seconds, scor
 # -- presentation -----------------------------------------------------------------------------
 
 
-def table_rows(run: LifelongRun) -> list[list[str]]:
-    def f(v, d=1):
-        return "—" if v is None else f"{v:.{d}f}"
+def _num(v: float | None, d: int = 1) -> str:
+    return "—" if v is None else f"{v:.{d}f}"
 
+
+def table_rows(run: LifelongRun) -> list[list[str]]:
+    f = _num
     rows = []
     for c in run.checkpoints:
-        ppl = 100 * (math.exp(c.heldout_nll - run.base_nll) - 1)
+        ppl = 100 * c.perplexity_change(run.base_nll)
         rows.append([str(c.edits), f(c.metrics.ES), f(c.metrics.PS), f"{f(c.metrics.NS)} ({f(c.baseline.NS)})",
                      f(c.metrics.S), f(c.first_batch), f"{c.heldout_nll:.3f} ({ppl:+.1f}%)",
                      f(c.weight_norm, 0), f(c.commit_seconds, 2)])
@@ -181,7 +195,7 @@ def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    ppl = [100 * (math.exp(c.heldout_nll - run.base_nll) - 1) for c in run.checkpoints]
+    ppl = [100 * c.perplexity_change(run.base_nll) for c in run.checkpoints]
     bx.plot(xs, ppl, marker="o", color="C3", label="held-out perplexity change (%)")
     bx.axhline(0, color="grey", linestyle=":", linewidth=1)
     if ppl and max(ppl) > 100:  # a collapse would flatten the early checkpoints on a linear axis
