@@ -245,31 +245,28 @@ def eval_cmd(
     if as_json:
         _emit({"settings": settings, **res.to_dict(), "wall_seconds": time.perf_counter() - started})
     else:
+        from kedit.eval.metrics import figure
         from kedit.show import console
 
         cols = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RA", "PA", "LA", "GE", "GP", "GN")
         e, b = res.metrics, res.baseline_metrics
-        rows = [[c, _num(getattr(e, c)), _num(getattr(b, c))] for c in cols]
+        rows = [[c, figure(getattr(e, c)), figure(getattr(b, c))] for c in cols]
         if res.health is not None:
             import math
 
             ed, un = res.health["edited"] or {}, res.health["unedited"]
-            rows.append(["fluency", _num(ed.get("fluency")), _num(un["fluency"])])
-            rows.append(["held-out ppl", _num(math.exp(ed["heldout_nll"]), 2) if ed else "—",
-                         _num(math.exp(un["heldout_nll"]), 2)])
+            rows.append(["fluency", figure(ed.get("fluency")), figure(un["fluency"])])
+            rows.append(["held-out ppl", figure(math.exp(ed["heldout_nll"]), 2) if ed else "—",
+                         figure(math.exp(un["heldout_nll"]), 2)])
         out = console()
         mode = ("sequential-batched" if sequential else "batch (fresh weights per batch)") + (", as chat" if chat else "")
         out.print(_table(f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}, {len(res.records)} records, "
                          f"batch {batch_size}, {mode}", ["metric", "edited", "unedited"], rows))
         per = res.edit_seconds_per_fact
         pps = res.prompts_scored / res.score_seconds if res.score_seconds else 0.0
-        out.print(f"edit time: {_num(per, 2)} s per fact ({res.edit_seconds:.1f} s for {res.facts_edited} facts, "
+        out.print(f"edit time: {figure(per, 2)} s per fact ({res.edit_seconds:.1f} s for {res.facts_edited} facts, "
                   f"+ {res.stats_seconds:.1f} s statistics) · scoring: {pps:.1f} prompts/s")
     _finish(res.interrupted)
-
-
-def _num(v, digits: int = 1) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
 
 
 def _show_experiment(exp, title: str, plot_path: Path | None, plot_fn, settings: dict, as_json: bool) -> None:

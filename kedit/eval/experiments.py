@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kedit.editing.edit import Editor
-from kedit.eval.metrics import Metrics, RecordScores, summarize
+from kedit.eval.metrics import Metrics, RecordScores, figure, summarize
 from kedit.eval.records import EvalRecord
 from kedit.eval.runner import RunResult, Tick, TickFn, evaluate, score_until_interrupted
 
@@ -141,17 +141,12 @@ def scale_batches(
 # -- presentation -----------------------------------------------------------------------------
 
 
-def _fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.1f}"
-
-
 def table_rows(exp: Experiment, columns: Sequence[str] = ("ES", "PS", "NS", "S", "EM", "PM", "NM")) -> list[list[str]]:
     """Cells of a results table: a baseline row, then one per row of the experiment."""
-    out = [["baseline", *(_fmt(getattr(exp.baseline, c)) for c in columns), "—"]]
+    out = [["baseline", *(figure(getattr(exp.baseline, c)) for c in columns), "—"]]
     for r in exp.rows:
-        t = "—" if r.edit_seconds_per_fact is None else f"{r.edit_seconds_per_fact:.2f}"
         out.append([r.label + ("" if r.complete else f" (n={r.metrics.n})"),
-                    *(_fmt(getattr(r.metrics, c)) for c in columns), t])
+                    *(figure(getattr(r.metrics, c)) for c in columns), figure(r.edit_seconds_per_fact, 2)])
     return out
 
 
@@ -160,11 +155,11 @@ def text_chart(exp: Experiment, metrics: Sequence[str] = SHOWN, width: int = 40)
     lines = []
     label_w = max([len(r.label) for r in exp.rows] + [8])
     for m in metrics:
-        lines.append(f"{m}  (baseline {_fmt(getattr(exp.baseline, m))})")
+        lines.append(f"{m}  (baseline {figure(getattr(exp.baseline, m))})")
         for r in exp.rows:
             v = getattr(r.metrics, m)
             n = 0 if v is None else round(max(0.0, min(100.0, v)) / 100 * width)
-            lines.append(f"  {r.label:<{label_w}} {'█' * n}{'·' * (width - n)} {_fmt(v)}")
+            lines.append(f"  {r.label:<{label_w}} {'█' * n}{'·' * (width - n)} {figure(v)}")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 from kedit.editing import arch
 from kedit.editing.edit import Editor
 from kedit.editing.health import heldout_nll
-from kedit.eval.metrics import Metrics, RecordScores, summarize
+from kedit.eval.metrics import Metrics, RecordScores, figure, summarize
 from kedit.eval.records import EvalRecord
 from kedit.eval.runner import Tick, TickFn, batches_of, score_records
 
@@ -41,8 +41,8 @@ class Checkpoint:
     def line(self, base_nll: float) -> str:
         """The checkpoint in one line, for the progress display of a long run."""
         m = self.metrics
-        return (f"at {self.edits} edits: ES {_num(m.ES)}, PS {_num(m.PS)}, NS {_num(m.NS)} (unedited "
-                f"{_num(self.baseline.NS)}), first batch {_num(self.first_batch)}%, "
+        return (f"at {self.edits} edits: ES {figure(m.ES)}, PS {figure(m.PS)}, NS {figure(m.NS)} (unedited "
+                f"{figure(self.baseline.NS)}), first batch {figure(self.first_batch)}%, "
                 f"perplexity {100 * self.perplexity_change(base_nll):+.1f}%")
 
     def to_dict(self, base_nll: float) -> dict:
@@ -152,12 +152,8 @@ def _checkpoint(model, tok, done, n_first, base: _Baseline, layer, seconds, scor
 # -- presentation -----------------------------------------------------------------------------
 
 
-def _num(v: float | None, d: int = 1) -> str:
-    return "—" if v is None else f"{v:.{d}f}"
-
-
 def table_rows(run: LifelongRun) -> list[list[str]]:
-    f = _num
+    f = figure
     rows = []
     for c in run.checkpoints:
         ppl = 100 * c.perplexity_change(run.base_nll)

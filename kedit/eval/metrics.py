@@ -165,3 +165,8 @@ def _generation(records: Sequence[RecordScores]) -> dict[str, float | None]:
     return {"GE": _x100(record_rate(records, "rewrite", says_new)),
             "GP": _x100(record_rate(records, "paraphrase", says_new)),
             "GN": _x100(record_rate(records, "neighborhood", keeps_true))}
+
+
+def figure(v: float | None, digits: int = 1) -> str:
+    """A figure as tables and progress lines show it: ``digits`` decimals, "—" where none was measured."""
+    return "—" if v is None else f"{v:.{digits}f}"
