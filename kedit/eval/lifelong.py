@@ -10,7 +10,6 @@ The weights are restored at the end, whatever happens; Ctrl-C returns the checkp
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from kedit.editing.health import heldout_nll
 from kedit.eval.metrics import Metrics, RecordScores, figure, summarize
 from kedit.eval.records import EvalRecord
 from kedit.eval.runner import Tick, TickFn, batches_of, score_records
+from kedit.session.drift import perplexity_change
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Checkpoint:
 
     def perplexity_change(self, base_nll: float) -> float:
         """Held-out perplexity relative to the base model's, minus 1 (0.05: 5% higher)."""
-        return math.exp(self.heldout_nll - base_nll) - 1
+        return perplexity_change(self.heldout_nll, base_nll)
 
     def line(self, base_nll: float) -> str:
         """The checkpoint in one line, for the progress display of a long run."""

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 DEFAULT_THRESHOLD = 0.02
 
 
+def perplexity_change(nll: float, before: float) -> float:
+    """Held-out perplexity at mean NLL ``nll`` relative to that at ``before``, minus 1 (0.05: 5% higher)."""
+    return math.exp(nll - before) - 1
+
+
 @dataclass(frozen=True)
 class Drift:
     since_base: float | None  # held-out perplexity after the commit / base − 1
@@ -45,8 +50,8 @@ def drifts(entries, threshold: float = DEFAULT_THRESHOLD) -> dict[int, Drift]:
             out[e.seq] = Drift(None, None, False)
         else:
             before = stack[-1].heldout_nll if stack else base
-            step = math.exp(nll - before) - 1 if before is not None else None
-            out[e.seq] = Drift(math.exp(nll - base) - 1, step, step is not None and step > threshold)
+            step = perplexity_change(nll, before) if before is not None else None
+            out[e.seq] = Drift(perplexity_change(nll, base), step, step is not None and step > threshold)
         stack.append(e)
     return out
 
