@@ -41,12 +41,15 @@ def test_lifelong_command_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
     out = json.loads(proc.stdout)
     assert [c["edits"] for c in out["checkpoints"]] == [2, 6]
     assert len(out["commit_seconds"]) == 3 and not out["interrupted"]
+    # the held-out NLL after every commit; a checkpoint's is its commit's
+    assert len(out["commit_heldout_nll"]) == 3 and len(out["commit_perplexity_change"]) == 3
+    assert [c["heldout_nll"] for c in out["checkpoints"]] == [out["commit_heldout_nll"][i] for i in (0, 2)]
     c = out["checkpoints"][-1]
     assert c["metrics"]["n"] == 6 and c["baseline"]["n"] == 6 and 0 <= c["first_batch_ES"] <= 100
     assert math.isfinite(c["heldout_nll"]) and c["weight_norm"] > 0
     assert out["settings"]["hparams"]["null_space"] == 1e6 and out["settings"]["hparams"]["values"]["steps"] == 2
     assert out["plot"] == str(png) and png.stat().st_size > 1000
-    assert "commit 3 · at 2 edits: ES " in proc.stderr  # a long run shows its figures as they come
+    assert "commit 3 · perplexity now " in proc.stderr and " · at 2 edits: ES " in proc.stderr  # as they come
 
 
 def test_ctrl_c_keeps_the_checkpoints_reached_and_restores_the_weights(tokenizer, tmp_path):
@@ -70,12 +73,16 @@ def test_ctrl_c_keeps_the_checkpoints_reached_and_restores_the_weights(tokenizer
 
     run = run_lifelong(model, tokenizer, ed, recs, 2, [2, 4, 6], progress=progress)
     assert run.interrupted and [c.edits for c in run.checkpoints] == [2, 4] and len(run.commit_seconds) == 2
-    # each commit's progress line carries the last checkpoint's figures
+    # the held-out NLL is measured after each commit (the first edit moved it), a checkpoint's is its commit's
+    assert len(run.commit_nll) == 2 and run.commit_nll[0] != run.base_nll
+    assert [c.heldout_nll for c in run.checkpoints] == list(run.commit_nll)
+    # each commit's progress line carries the perplexity now and the last checkpoint's figures
     last = run.checkpoints[-1]
-    assert seen[0] == "commit 1" and seen[1].startswith("commit 2 · at 2 edits: ES ")
+    now = f"perplexity now {100 * run.commit_perplexity()[0]:+.1f}%"
+    assert seen[0] == "commit 1" and seen[1].startswith(f"commit 2 · {now} · at 2 edits: ES ")
     num = r"(?:[\d.]+|—)"  # these records have no paraphrases: PS is shown as a dash, not as 0
-    assert re.fullmatch(rf"commit 3 · at 4 edits: ES {num}, PS —, NS {num} \(unedited {num}\), "
-                        rf"first batch {num}%, perplexity [+-][\d.]+%", seen[2])
+    assert re.fullmatch(rf"commit 3 · perplexity now [+-][\d.]+% · at 4 edits: ES {num}, PS —, NS {num} "
+                        rf"\(unedited {num}\), first batch {num}%, perplexity [+-][\d.]+%", seen[2])
     assert f"ES {last.metrics.ES:.1f}," in seen[2] and f"first batch {last.first_batch:.1f}%" in seen[2]
     assert fingerprint(model, [0, 1, 2, 3]) == before
 
@@ -124,3 +131,13 @@ def test_commit_time_per_fact_counts_the_short_last_batch():
     assert commit_seconds_per_fact(run) == ([16, 32, 40], [2.0, 3.0, 2.0])
     cut = LifelongRun(16, 40, 3.0, 1.0, (), (32.0,), True)  # Ctrl-C after the first commit
     assert commit_seconds_per_fact(cut) == ([16], [2.0])
+
+
+def test_perplexity_per_commit_is_against_the_edits_after_each_commit():
+    from kedit.eval.lifelong import LifelongRun, perplexity_per_commit
+
+    nll = (3.0, 3.0 + math.log(1.5), 3.0 + math.log(3.0))  # perplexity ×1, ×1.5, ×3 the base model's
+    run = LifelongRun(16, 40, 3.0, 1.0, (), (32.0, 48.0, 16.0), False, commit_nll=nll)
+    ends, ppl = perplexity_per_commit(run)
+    assert ends == [16, 32, 40] and ppl == pytest.approx([0.0, 50.0, 200.0])
+    assert run.to_dict()["commit_perplexity_change"] == pytest.approx([0.0, 0.5, 2.0])

@@ -2,10 +2,11 @@
 
 ``run_lifelong`` edits records in batches of B, one batch after another on the same model, each
 commit remembering the earlier ones as a session does (``remember``: one tuple of facts per
-commit). At checkpoints (numbers of edits) it scores every record edited so far (ES/PS/NS/S
-beside the same records unedited), the first batch's efficacy now, the held-out NLL
-(``health.heldout_nll``), the norm of the edited projection and the latest commit's time.
-The weights are restored at the end, whatever happens; Ctrl-C returns the checkpoints reached.
+commit). After every commit it measures the held-out NLL (``health.heldout_nll``, every
+paragraph), so the damage shows commit by commit; at checkpoints (numbers of edits) it also scores
+every record edited so far (ES/PS/NS/S beside the same records unedited), the first batch's
+efficacy now and the norm of the edited projection. The weights are restored at the end, whatever
+happens; Ctrl-C returns what was measured so far.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Checkpoint:
     metrics: Metrics  # every record edited so far
     baseline: Metrics  # the same records on the unedited model
     first_batch: float  # ES (×100) of the first batch's records, now
-    heldout_nll: float
+    heldout_nll: float  # after the checkpoint's commit
     weight_norm: float  # ‖W‖ of the first edit layer's projection
     commit_seconds: float  # the latest commit: edit + apply
 
@@ -61,12 +62,18 @@ class LifelongRun:
     checkpoints: tuple[Checkpoint, ...]
     commit_seconds: tuple[float, ...]  # every commit, in order
     interrupted: bool
+    commit_nll: tuple[float, ...] = ()  # held-out NLL after every commit, in order
+
+    def commit_perplexity(self) -> list[float]:
+        """The held-out perplexity change after every commit (0.05: 5% above the base model's)."""
+        return [perplexity_change(nll, self.base_nll) for nll in self.commit_nll]
 
     def to_dict(self) -> dict:
         return {"batch_size": self.batch_size, "n_records": self.n_records, "base_heldout_nll": self.base_nll,
                 "base_weight_norm": self.base_weight_norm,
                 "checkpoints": [c.to_dict(self.base_nll) for c in self.checkpoints],
-                "commit_seconds": list(self.commit_seconds), "interrupted": self.interrupted}
+                "commit_seconds": list(self.commit_seconds), "commit_heldout_nll": list(self.commit_nll),
+                "commit_perplexity_change": self.commit_perplexity(), "interrupted": self.interrupted}
 
 
 def default_checkpoints(total: int, batch_size: int, n: int = 8) -> tuple[int, ...]:
@@ -112,31 +119,42 @@ def run_lifelong(
     base_norm = float(arch.weight_param(model, layer).detach().float().norm())
     done: list[EvalRecord] = []
     times: list[float] = []
+    nlls: list[float] = []
     reached: list[Checkpoint] = []
     interrupted = False
     try:
         for batch in batches_of(records, batch_size):
             if progress:
-                last = f" · {reached[-1].line(base_nll)}" if reached else ""
-                progress(Tick("edit", len(done), len(records), f"commit {stack.depth + 1}{last}"))
+                progress(Tick("edit", len(done), len(records), _commit_line(stack.depth + 1, nlls, reached, base_nll)))
             t = time.perf_counter()
             res = stack.edit([r.fact for r in batch], editor.hparams)
             stack.push(res.deltas, res.facts)
             times.append(time.perf_counter() - t - res.timings.get("statistics", 0.0))
+            nlls.append(heldout_nll(model, tok))
             done.extend(batch)
             if (marks and len(done) >= marks[0]) or len(done) == len(records):
                 while marks and marks[0] <= len(done):
                     marks.pop(0)
                 reached.append(_checkpoint(model, tok, done, len(records[:batch_size]), base, layer, times[-1],
-                                           score_batch_size, progress))
+                                           nlls[-1], score_batch_size, progress))
     except KeyboardInterrupt:
         interrupted = True
     finally:
         stack.reset()
-    return LifelongRun(batch_size, len(records), base_nll, base_norm, tuple(reached), tuple(times), interrupted)
+    return LifelongRun(batch_size, len(records), base_nll, base_norm, tuple(reached), tuple(times), interrupted,
+                       tuple(nlls[: len(times)]))
 
 
-def _checkpoint(model, tok, done, n_first, base: _Baseline, layer, seconds, score_batch_size, progress) -> Checkpoint:
+def _commit_line(n: int, nlls: list[float], reached: list[Checkpoint], base_nll: float) -> str:
+    """The progress line of commit ``n``: the perplexity after the commit before it, and the last
+    checkpoint's figures."""
+    now = f" · perplexity now {100 * perplexity_change(nlls[-1], base_nll):+.1f}%" if nlls else ""
+    last = f" · {reached[-1].line(base_nll)}" if reached else ""
+    return f"commit {n}{now}{last}"
+
+
+def _checkpoint(model, tok, done, n_first, base: _Baseline, layer, seconds, nll, score_batch_size,
+                progress) -> Checkpoint:
     if progress:
         progress(Tick("score", 0, len(done), f"checkpoint at {len(done)} edits"))
     edited = score_records(model, tok, done, score_batch_size)
@@ -144,7 +162,7 @@ def _checkpoint(model, tok, done, n_first, base: _Baseline, layer, seconds, scor
     first = summarize(edited[:n_first])
     return Checkpoint(
         edits=len(done), metrics=summarize(edited, unedited), baseline=summarize(unedited, unedited),
-        first_batch=first.ES or 0.0, heldout_nll=heldout_nll(model, tok),
+        first_batch=first.ES or 0.0, heldout_nll=nll,
         weight_norm=float(arch.weight_param(model, layer).detach().float().norm()), commit_seconds=seconds,
     )
 
@@ -166,16 +184,27 @@ def table_rows(run: LifelongRun) -> list[list[str]]:
 COLUMNS = ["edits", "ES", "PS", "NS (unedited)", "S", "first batch ES", "held-out NLL (ppl)", "‖W‖", "commit s"]
 
 
+def _commit_batches(run: LifelongRun, n: int) -> list[range]:
+    """The records of the run's first ``n`` commits (the run's own batching; the last may be short)."""
+    return batches_of(range(run.n_records), run.batch_size)[:n]
+
+
 def commit_seconds_per_fact(run: LifelongRun) -> tuple[list[int], list[float]]:
-    """Every commit's time per fact, against the number of edits after it (the last batch may be short)."""
-    batches = batches_of(range(run.n_records), run.batch_size)[: len(run.commit_seconds)]  # the run's own batching
-    ends = [b[-1] + 1 for b in batches]
-    return ends, [seconds / len(b) for seconds, b in zip(run.commit_seconds, batches)]
+    """Every commit's time per fact, against the number of edits after it."""
+    batches = _commit_batches(run, len(run.commit_seconds))
+    return [b[-1] + 1 for b in batches], [seconds / len(b) for seconds, b in zip(run.commit_seconds, batches)]
+
+
+def perplexity_per_commit(run: LifelongRun) -> tuple[list[int], list[float]]:
+    """Every commit's held-out perplexity change (%), against the number of edits after it."""
+    ends = [b[-1] + 1 for b in _commit_batches(run, len(run.commit_nll))]
+    return ends, [100 * p for p in run.commit_perplexity()]
 
 
 def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:
     """Left: ES/PS/NS/S and the first batch's ES against the number of edits (unedited dotted);
-    right: held-out perplexity change (symmetric log scale past +100%) and every commit's time per fact."""
+    right: held-out perplexity change after every commit (symmetric log scale past +100%) and every
+    commit's time per fact."""
     from kedit.eval.experiments import _pyplot, _save
 
     plt = _pyplot()
@@ -192,11 +221,14 @@ def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     ppl = [100 * c.perplexity_change(run.base_nll) for c in run.checkpoints]
-    bx.plot(xs, ppl, marker="o", color="C3", label="held-out perplexity change (%)")
+    ends, every = perplexity_per_commit(run)
+    bx.plot(ends, every, color="C3", linewidth=1, label="held-out perplexity change (%), every commit")
+    bx.plot(xs, ppl, marker="o", color="C3", linestyle="none", label="at the checkpoints")
     bx.axhline(0, color="grey", linestyle=":", linewidth=1)
-    if ppl and max(ppl) > 100:  # a collapse would flatten the early checkpoints on a linear axis
+    seen = every or ppl
+    if seen and max(seen) > 100:  # a collapse would flatten the early commits on a linear axis
         bx.set_yscale("symlog", linthresh=10)
-        bx.set_ylim(bottom=min(0.0, 1.5 * min(ppl)))
+        bx.set_ylim(bottom=min(0.0, 1.5 * min(seen)))
     bx.set_xlabel("edits")
     bx.set_ylabel("perplexity change vs unedited (%)")
     bx.grid(alpha=0.3)
