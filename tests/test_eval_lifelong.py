@@ -44,6 +44,9 @@ def test_lifelong_command_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
     # the held-out NLL after every commit; a checkpoint's is its commit's
     assert len(out["commit_heldout_nll"]) == 3 and len(out["commit_perplexity_change"]) == 3
     assert [c["heldout_nll"] for c in out["checkpoints"]] == [out["commit_heldout_nll"][i] for i in (0, 2)]
+    # and each fact's value steps, so a slower late commit can be told from one that needed more steps
+    assert [len(s) for s in out["commit_value_steps"]] == [2, 2, 2]
+    assert all(1 <= n <= 2 for s in out["commit_value_steps"] for n in s)
     c = out["checkpoints"][-1]
     assert c["metrics"]["n"] == 6 and c["baseline"]["n"] == 6 and 0 <= c["first_batch_ES"] <= 100
     assert math.isfinite(c["heldout_nll"]) and c["weight_norm"] > 0
