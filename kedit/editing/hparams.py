@@ -145,9 +145,10 @@ _SMOLLM2_EMMET = HParams(
 # of 16 it edits as well (ES/PS 100/93.8 both, NS 3 points better); in one batch of 64 worse (PS
 # 90.6 against 96.9, NS 6 points lower), so EMMET stays the default method (docs/results.md,
 # "MEMIT on layers 1–3 over 512 edits"). Half the value step (values.step_norm=0.05) cut the
-# perplexity rise at 1,000 edits from +107% to +28% for 1.7 points of PS (one run), but in one
-# batch of 16 it cost 7.8 points of PS and 1.24× the time: not the preset ("A third set", "Two
-# more settings of MEMIT").
+# perplexity rise at 1,000 edits from +107% to +28% for 1.7 points of PS, and at 768 edits of a
+# second set of records from +205% to +37%, but in one batch of 16 it cost 7.8 points of PS and
+# 1.24× the time: not the preset ("A third set", "Two more settings of MEMIT", "A second set of
+# records, commit by commit").
 _SMOLLM2_MEMIT = dataclasses.replace(_SMOLLM2_EMMET, method="memit", layers=(1, 2, 3))
 # Models kedit has no preset for get the default model's EMMET settings (see ``preset``) or MEMIT as
 # published, ridge λ = 15000 on the mean C0, over three early layers.
