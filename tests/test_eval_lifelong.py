@@ -47,6 +47,10 @@ def test_lifelong_command_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
     # and each fact's value steps, so a slower late commit can be told from one that needed more steps
     assert [len(s) for s in out["commit_value_steps"]] == [2, 2, 2]
     assert all(1 <= n <= 2 for s in out["commit_value_steps"] for n in s)
+    # and the time of each phase, which together make up most of the commit
+    for phases, seconds in zip(out["commit_phase_seconds"], out["commit_seconds"]):
+        assert {"values", "keys", "solve"} <= set(phases) and "statistics" not in phases
+        assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= seconds
     c = out["checkpoints"][-1]
     assert c["metrics"]["n"] == 6 and c["baseline"]["n"] == 6 and 0 <= c["first_batch_ES"] <= 100
     assert math.isfinite(c["heldout_nll"]) and c["weight_norm"] > 0

@@ -3,11 +3,12 @@
 ``run_lifelong`` edits records in batches of B, one batch after another on the same model, each
 commit remembering the earlier ones as a session does (``remember``: one tuple of facts per
 commit). After every commit it records the held-out NLL (``health.heldout_nll``, every
-paragraph), the commit's time and each fact's value steps, so the damage shows commit by commit
-and a slow late commit can be told from one whose facts needed more steps. At checkpoints
-(numbers of edits) it also scores every record edited so far (ES/PS/NS/S beside the same records
-unedited), the first batch's efficacy now and the norm of the edited projection. The weights are
-restored at the end, whatever happens; Ctrl-C returns what was measured so far.
+paragraph), the commit's time (and per phase: values, keys, solve) and each fact's value steps,
+so the damage shows commit by commit and a slow late commit can be told from one whose facts
+needed more steps or whose keys cost more. At checkpoints (numbers of edits) it also scores every
+record edited so far (ES/PS/NS/S beside the same records unedited), the first batch's efficacy now
+and the norm of the edited projection. The weights are restored at the end, whatever happens;
+Ctrl-C returns what was measured so far.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class LifelongRun:
     interrupted: bool
     commit_nll: tuple[float, ...] = ()  # held-out NLL after every commit, in order
     commit_steps: tuple[tuple[int, ...], ...] = ()  # every commit's value steps, one per fact
+    commit_phases: tuple[dict[str, float], ...] = ()  # every commit's seconds per phase (values, keys, solve)
 
     def commit_perplexity(self) -> list[float]:
         """The held-out perplexity change after every commit (0.05: 5% above the base model's)."""
@@ -76,7 +78,8 @@ class LifelongRun:
                 "checkpoints": [c.to_dict(self.base_nll) for c in self.checkpoints],
                 "commit_seconds": list(self.commit_seconds), "commit_heldout_nll": list(self.commit_nll),
                 "commit_perplexity_change": self.commit_perplexity(),
-                "commit_value_steps": [list(steps) for steps in self.commit_steps], "interrupted": self.interrupted}
+                "commit_value_steps": [list(steps) for steps in self.commit_steps],
+                "commit_phase_seconds": [dict(p) for p in self.commit_phases], "interrupted": self.interrupted}
 
 
 def default_checkpoints(total: int, batch_size: int, n: int = 8) -> tuple[int, ...]:
@@ -124,6 +127,7 @@ def run_lifelong(
     times: list[float] = []
     nlls: list[float] = []
     steps: list[tuple[int, ...]] = []
+    phases: list[dict[str, float]] = []
     reached: list[Checkpoint] = []
     interrupted = False
     try:
@@ -135,6 +139,7 @@ def run_lifelong(
             stack.push(res.deltas, res.facts)
             times.append(time.perf_counter() - t - res.timings.get("statistics", 0.0))
             steps.append(tuple(res.value_steps))
+            phases.append({k: v for k, v in res.timings.items() if k != "statistics"})
             nlls.append(heldout_nll(model, tok))
             done.extend(batch)
             if (marks and len(done) >= marks[0]) or len(done) == len(records):
@@ -147,7 +152,7 @@ def run_lifelong(
     finally:
         stack.reset()
     return LifelongRun(batch_size, len(records), base_nll, base_norm, tuple(reached), tuple(times), interrupted,
-                       tuple(nlls), tuple(steps))
+                       tuple(nlls), tuple(steps), tuple(phases))
 
 
 def _commit_line(n: int, nlls: list[float], reached: list[Checkpoint], base_nll: float) -> str:
