@@ -36,9 +36,12 @@ def test_lifelong_command_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
     proc = kedit_env(tiny_env(tmp_path), "lifelong", "--model", model, "--records", records_json(tmp_path / "r.json"),
                      "--total", 6, "--batch-size", 2, "--checkpoints", "2,6", "--corpus", corpus, "--plot", png,
                      "--json", "--set", "values.steps=2", "--set", "stats_tokens=1500", "--set", "null_space=1e6",
-                     "--set", "norm_penalty=10", "--set", "remember_by_commit=true")
+                     "--set", "norm_penalty=10", "--set", "remember_by_commit=true", "--guard", 10)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
+    # a guard no commit reaches (+1000% perplexity) keeps the run's batching
+    assert out["guard"] == 10 and out["undone_commits"] == 0 and out["refused_records"] == []
+    assert out["commit_sizes"] == [2, 2, 2]
     assert [c["edits"] for c in out["checkpoints"]] == [2, 6]
     assert len(out["commit_seconds"]) == 3 and not out["interrupted"]
     # the held-out NLL after every commit; a checkpoint's is its commit's
@@ -148,3 +151,45 @@ def test_perplexity_per_commit_is_against_the_edits_after_each_commit():
     ends, ppl = perplexity_per_commit(run)
     assert ends == [16, 32, 40] and ppl == pytest.approx([0.0, 50.0, 200.0])
     assert run.to_dict()["commit_perplexity_change"] == pytest.approx([0.0, 0.5, 2.0])
+
+
+def test_the_guard_takes_back_a_flagged_commit_and_retries_its_facts_in_halves(tokenizer, tmp_path, monkeypatch):
+    """The edits and the stack are real; the held-out NLL is scripted (a tiny random model's perplexity
+    moves at random): every applied edit of "Colm" raises it by 10%, anything else by nothing."""
+    import kedit.eval.lifelong as lifelong
+    from kedit.session.engine import EditStack
+
+    applied: list[tuple] = []
+    push, pop, reset = EditStack.push, EditStack.pop, EditStack.reset
+    monkeypatch.setattr(EditStack, "push", lambda self, d, facts: (push(self, d, facts), applied.append(tuple(facts))))
+    monkeypatch.setattr(EditStack, "pop", lambda self: (applied.pop(), pop(self))[1])
+    monkeypatch.setattr(EditStack, "reset", lambda self: (applied.clear(), reset(self)))
+    colm = lambda: sum(f.subject == "Colm" for facts in applied for f in facts)  # noqa: E731
+    monkeypatch.setattr(lifelong, "heldout_nll", lambda model, tok: 3.0 + math.log(1.1) * colm())
+
+    model = make_tiny_llama(seed=3)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(" ".join(f"Line {i}: the river runs past the mill." for i in range(150)))
+    hp = HParams(method="emmet", layers=(1,), lam=0.0, values=ValueConfig(steps=2), stats_tokens=1500,
+                 stats_seq_len=64, preserve=1.0, remember_by_commit=True)
+    ed = Editor(model, tokenizer, hp, ("A prefix.",), "tiny", corpus=str(corpus), cache_dir=tmp_path / "cache")
+    recs = [EvalRecord(str(i), s, "The river of {} is the", "Tarn", "Ouse", (), ("The river of Gale is the",),
+                       "Wey", "counterfact") for i, s in enumerate(SUBJECTS[:5])]
+    before = fingerprint(model, [0, 1, 2, 3])
+
+    run = run_lifelong(model, tokenizer, ed, recs, 4, [4, 5], guard=0.02)
+    # [Ames Bree Colm Dunn] flagged → [Ames Bree] kept, [Colm Dunn] flagged → [Colm] flagged alone, [Dunn] kept
+    assert run.commit_sizes == (2, 1, 1) and run.refused == ("2",) and run.undone == 3
+    assert run.commit_nll == (3.0, 3.0, 3.0) and len(run.commit_seconds) == len(run.commit_steps) == 3
+    assert [(c.edits, c.refused) for c in run.checkpoints] == [(3, 1), (4, 1)]
+    assert run.checkpoints[0].metrics.n == 3  # the kept edits are scored, the one left out is not
+    assert lifelong.perplexity_per_commit(run)[0] == [2, 3, 4]
+    out = run.to_dict()
+    assert out["commit_sizes"] == [2, 1, 1] and out["refused_records"] == ["2"] and out["undone_commits"] == 3
+    assert "1 left out by the guard" in run.checkpoints[-1].line(run.base_nll)
+    assert lifelong.table_rows(run)[0][0] == "3 (1 left out)"
+    assert fingerprint(model, [0, 1, 2, 3]) == before and applied == []
+
+    # a threshold no commit reaches keeps the run's batching
+    plain = run_lifelong(model, tokenizer, ed, recs, 4, [5], guard=0.5)
+    assert plain.undone == 0 and plain.refused == () and plain.sizes() == [4, 1]

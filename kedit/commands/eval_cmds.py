@@ -396,6 +396,10 @@ def lifelong_cmd(
     threads: ThreadsOpt = None,
     score_batch_size: ScoreBatchOpt = 64,
     overrides: SetOpt = None,
+    guard: Annotated[Optional[float], typer.Option(
+        "--guard", help="Take back a commit that raises held-out perplexity by more than this fraction (a "
+        "session flags 0.02) and retry its facts in halves; a fact that still does on its own is left out.",
+        min=0.0)] = None,
 ) -> None:
     """Sequential edits in batches, each commit remembering the earlier ones: ES/PS/NS/S of all
     edits so far, the first batch's efficacy, held-out perplexity and commit time at checkpoints."""
@@ -408,7 +412,7 @@ def lifelong_cmd(
     recs = _load(records, offset, total)
     s = _Setup(model, method, layers, dtype, device, seed, corpus, threads, quiet=False, overrides=overrides)
     with s.computing(), _Bar(True) as bar:
-        run = run_lifelong(s.model, s.tok, s.editor(), recs, batch_size, marks, score_batch_size, bar)
+        run = run_lifelong(s.model, s.tok, s.editor(), recs, batch_size, marks, score_batch_size, bar, guard)
     title = f"{s.hparams.method.upper()} layers {list(s.hparams.layers)}: {len(recs)} sequential edits, batches of {batch_size}"
     saved = str(plot_lifelong(run, plot, f"{model}: {title}")) if plot is not None and run.checkpoints else None
     if as_json:
@@ -421,6 +425,9 @@ def lifelong_cmd(
         out = Console(highlight=False)
         out.print(_table(title + f" (base held-out NLL {run.base_nll:.3f}, ‖W‖ {run.base_weight_norm:.0f})",
                          COLUMNS, table_rows(run)))
+        if run.guard is not None:
+            left = ", ".join(str(c) for c in run.refused) or "none"
+            out.print(f"guard {run.guard:.1%}: {run.undone} commits taken back; facts left out (record ids): {left}")
         if saved:
             out.print(f"plot saved to {saved}")
     _finish(run.interrupted)

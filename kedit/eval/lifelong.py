@@ -13,6 +13,7 @@ Ctrl-C returns what was measured so far.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from kedit.editing.health import heldout_nll
 from kedit.eval.metrics import Metrics, RecordScores, figure, summarize
 from kedit.eval.records import EvalRecord
 from kedit.eval.runner import Tick, TickFn, batches_of, score_records
-from kedit.session.drift import perplexity_change
+from kedit.session.drift import is_flagged, perplexity_change
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Checkpoint:
     heldout_nll: float  # after the checkpoint's commit
     weight_norm: float  # ‖W‖ of the first edit layer's projection
     commit_seconds: float  # the latest commit: edit + apply
+    refused: int = 0  # facts the guard has left out so far (not among ``edits``)
 
     def perplexity_change(self, base_nll: float) -> float:
         """Held-out perplexity relative to the base model's, minus 1 (0.05: 5% higher)."""
@@ -46,13 +48,14 @@ class Checkpoint:
         m = self.metrics
         return (f"at {self.edits} edits: ES {figure(m.ES)}, PS {figure(m.PS)}, NS {figure(m.NS)} (unedited "
                 f"{figure(self.baseline.NS)}), first batch {figure(self.first_batch)}%, "
-                f"perplexity {100 * self.perplexity_change(base_nll):+.1f}%")
+                f"perplexity {100 * self.perplexity_change(base_nll):+.1f}%"
+                + (f", {self.refused} left out by the guard" if self.refused else ""))
 
     def to_dict(self, base_nll: float) -> dict:
         return {"edits": self.edits, "metrics": self.metrics.to_dict(), "baseline": self.baseline.to_dict(),
                 "first_batch_ES": self.first_batch, "heldout_nll": self.heldout_nll,
                 "perplexity_change": self.perplexity_change(base_nll), "weight_norm": self.weight_norm,
-                "commit_seconds": self.commit_seconds}
+                "commit_seconds": self.commit_seconds, "refused": self.refused}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class LifelongRun:
     commit_nll: tuple[float, ...] = ()  # held-out NLL after every commit, in order
     commit_steps: tuple[tuple[int, ...], ...] = ()  # every commit's value steps, one per fact
     commit_phases: tuple[dict[str, float], ...] = ()  # every commit's seconds per phase (values, keys, solve)
+    commit_sizes: tuple[int, ...] = ()  # every commit's number of facts; () when every commit is a whole batch
+    refused: tuple = ()  # case ids of the records the guard left out
+    undone: int = 0  # commits the guard took back
+    guard: float | None = None
 
     def commit_perplexity(self) -> list[float]:
         """The held-out perplexity change after every commit (0.05: 5% above the base model's)."""
@@ -79,7 +86,17 @@ class LifelongRun:
                 "commit_seconds": list(self.commit_seconds), "commit_heldout_nll": list(self.commit_nll),
                 "commit_perplexity_change": self.commit_perplexity(),
                 "commit_value_steps": [list(steps) for steps in self.commit_steps],
-                "commit_phase_seconds": [dict(p) for p in self.commit_phases], "interrupted": self.interrupted}
+                "commit_phase_seconds": [dict(p) for p in self.commit_phases], "commit_sizes": self.sizes(),
+                "guard": self.guard, "refused_records": list(self.refused), "undone_commits": self.undone,
+                "interrupted": self.interrupted}
+
+    def sizes(self) -> list[int]:
+        """Every commit's number of facts (the run's batching, the last batch maybe short, unless the
+        guard split commits)."""
+        if self.commit_sizes:
+            return list(self.commit_sizes)
+        whole = [len(b) for b in batches_of(range(self.n_records), self.batch_size)]
+        return whole[: len(self.commit_seconds)]
 
 
 def default_checkpoints(total: int, batch_size: int, n: int = 8) -> tuple[int, ...]:
@@ -113,7 +130,11 @@ def run_lifelong(
     checkpoints: Sequence[int] | None = None,
     score_batch_size: int = 64,
     progress: TickFn | None = None,
+    guard: float | None = None,
 ) -> LifelongRun:
+    """``guard``: a commit that raises held-out perplexity by more than this fraction over the commit
+    before it (``session.drift``'s flag) is taken back and its facts retried in two halves, down to
+    single facts; a fact flagged on its own is left out of the run (``LifelongRun.refused``)."""
     from kedit.session.engine import EditStack
 
     records = list(records)
@@ -123,36 +144,71 @@ def run_lifelong(
     base = _Baseline(model, tok, stack, score_batch_size)
     base_nll = heldout_nll(model, tok)
     base_norm = float(arch.weight_param(model, layer).detach().float().norm())
-    done: list[EvalRecord] = []
-    times: list[float] = []
-    nlls: list[float] = []
-    steps: list[tuple[int, ...]] = []
-    phases: list[dict[str, float]] = []
+    first_ids = {r.case_id for r in records[:batch_size]}
+    log = _Log()
     reached: list[Checkpoint] = []
     interrupted = False
     try:
         for batch in batches_of(records, batch_size):
-            if progress:
-                progress(Tick("edit", len(done), len(records), _commit_line(stack.depth + 1, nlls, reached, base_nll)))
-            t = time.perf_counter()
-            res = stack.edit([r.fact for r in batch], editor.hparams)
-            stack.push(res.deltas, res.facts)
-            times.append(time.perf_counter() - t - res.timings.get("statistics", 0.0))
-            steps.append(tuple(res.value_steps))
-            phases.append({k: v for k, v in res.timings.items() if k != "statistics"})
-            nlls.append(heldout_nll(model, tok))
-            done.extend(batch)
-            if (marks and len(done) >= marks[0]) or len(done) == len(records):
-                while marks and marks[0] <= len(done):
+            todo = [batch]  # the guard splits a flagged commit's facts in halves, tried in order
+            while todo:
+                group = todo.pop(0)
+                if progress:
+                    progress(Tick("edit", log.seen, len(records), _commit_line(stack.depth + 1, log.nlls, reached,
+                                                                                base_nll)))
+                t = time.perf_counter()
+                res = stack.edit([r.fact for r in group], editor.hparams)
+                stack.push(res.deltas, res.facts)
+                seconds = time.perf_counter() - t - res.timings.get("statistics", 0.0)
+                nll = heldout_nll(model, tok)
+                if guard is not None and is_flagged(perplexity_change(nll, log.nlls[-1] if log.nlls else base_nll),
+                                                    guard):
+                    stack.pop()
+                    log.undone += 1
+                    if len(group) == 1:
+                        log.refused.append(group[0])
+                    else:
+                        todo[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
+                    continue
+                log.commit(group, seconds, nll, res)
+            log.seen += len(batch)
+            if (marks and log.seen >= marks[0]) or log.seen == len(records):
+                while marks and marks[0] <= log.seen:
                     marks.pop(0)
-                reached.append(_checkpoint(model, tok, done, len(records[:batch_size]), base, layer, times[-1],
-                                           nlls[-1], score_batch_size, progress))
+                if log.done:  # else every fact so far was left out: nothing to score
+                    reached.append(_checkpoint(model, tok, log, first_ids, base, layer, score_batch_size,
+                                               progress))
     except KeyboardInterrupt:
         interrupted = True
     finally:
         stack.reset()
-    return LifelongRun(batch_size, len(records), base_nll, base_norm, tuple(reached), tuple(times), interrupted,
-                       tuple(nlls), tuple(steps), tuple(phases))
+    return LifelongRun(batch_size, len(records), base_nll, base_norm, tuple(reached), tuple(log.times), interrupted,
+                       tuple(log.nlls), tuple(log.steps), tuple(log.phases), tuple(log.sizes),
+                       tuple(r.case_id for r in log.refused), log.undone, guard)
+
+
+class _Log:
+    """What a run has done so far: its applied commits (one entry each), the records they edited,
+    the records the guard left out and the commits it took back."""
+
+    def __init__(self) -> None:
+        self.done: list[EvalRecord] = []  # edited and kept, in order
+        self.refused: list[EvalRecord] = []
+        self.seen = 0  # records tried: kept or refused
+        self.undone = 0
+        self.times: list[float] = []
+        self.nlls: list[float] = []
+        self.steps: list[tuple[int, ...]] = []
+        self.phases: list[dict[str, float]] = []
+        self.sizes: list[int] = []
+
+    def commit(self, group: list[EvalRecord], seconds: float, nll: float, res) -> None:
+        self.done.extend(group)
+        self.times.append(seconds)
+        self.nlls.append(nll)
+        self.steps.append(tuple(res.value_steps))
+        self.phases.append({k: v for k, v in res.timings.items() if k != "statistics"})
+        self.sizes.append(len(group))
 
 
 def _commit_line(n: int, nlls: list[float], reached: list[Checkpoint], base_nll: float) -> str:
@@ -163,17 +219,18 @@ def _commit_line(n: int, nlls: list[float], reached: list[Checkpoint], base_nll:
     return f"commit {n}{now}{last}"
 
 
-def _checkpoint(model, tok, done, n_first, base: _Baseline, layer, seconds, nll, score_batch_size,
-                progress) -> Checkpoint:
+def _checkpoint(model, tok, log: _Log, first_ids, base: _Baseline, layer, score_batch_size, progress) -> Checkpoint:
+    done = log.done
     if progress:
         progress(Tick("score", 0, len(done), f"checkpoint at {len(done)} edits"))
     edited = score_records(model, tok, done, score_batch_size)
     unedited = base.of(done)
-    first = summarize(edited[:n_first])
+    first = summarize([s for r, s in zip(done, edited) if r.case_id in first_ids])
     return Checkpoint(
         edits=len(done), metrics=summarize(edited, unedited), baseline=summarize(unedited, unedited),
-        first_batch=first.ES or 0.0, heldout_nll=nll,
-        weight_norm=float(arch.weight_param(model, layer).detach().float().norm()), commit_seconds=seconds,
+        first_batch=first.ES or 0.0, heldout_nll=log.nlls[-1],
+        weight_norm=float(arch.weight_param(model, layer).detach().float().norm()),
+        commit_seconds=log.times[-1], refused=len(log.refused),
     )
 
 
@@ -185,7 +242,8 @@ def table_rows(run: LifelongRun) -> list[list[str]]:
     rows = []
     for c in run.checkpoints:
         ppl = 100 * c.perplexity_change(run.base_nll)
-        rows.append([str(c.edits), f(c.metrics.ES), f(c.metrics.PS), f"{f(c.metrics.NS)} ({f(c.baseline.NS)})",
+        edits = f"{c.edits} ({c.refused} left out)" if c.refused else str(c.edits)
+        rows.append([edits, f(c.metrics.ES), f(c.metrics.PS), f"{f(c.metrics.NS)} ({f(c.baseline.NS)})",
                      f(c.metrics.S), f(c.first_batch), f"{c.heldout_nll:.3f} ({ppl:+.1f}%)",
                      f(c.weight_norm, 0), f(c.commit_seconds, 2)])
     return rows
@@ -194,21 +252,19 @@ def table_rows(run: LifelongRun) -> list[list[str]]:
 COLUMNS = ["edits", "ES", "PS", "NS (unedited)", "S", "first batch ES", "held-out NLL (ppl)", "‖W‖", "commit s"]
 
 
-def _commit_batches(run: LifelongRun, n: int) -> list[range]:
-    """The records of the run's first ``n`` commits (the run's own batching; the last may be short)."""
-    return batches_of(range(run.n_records), run.batch_size)[:n]
+def _commit_ends(run: LifelongRun) -> list[int]:
+    """The number of edits after each commit."""
+    return list(itertools.accumulate(run.sizes()))
 
 
 def commit_seconds_per_fact(run: LifelongRun) -> tuple[list[int], list[float]]:
     """Every commit's time per fact, against the number of edits after it."""
-    batches = _commit_batches(run, len(run.commit_seconds))
-    return [b[-1] + 1 for b in batches], [seconds / len(b) for seconds, b in zip(run.commit_seconds, batches)]
+    return _commit_ends(run), [seconds / n for seconds, n in zip(run.commit_seconds, run.sizes())]
 
 
 def perplexity_per_commit(run: LifelongRun) -> tuple[list[int], list[float]]:
     """Every commit's held-out perplexity change (%), against the number of edits after it."""
-    ends = [b[-1] + 1 for b in _commit_batches(run, len(run.commit_nll))]
-    return ends, [100 * p for p in run.commit_perplexity()]
+    return _commit_ends(run)[: len(run.commit_nll)], [100 * p for p in run.commit_perplexity()]
 
 
 def plot_lifelong(run: LifelongRun, path: str | Path, title: str = "") -> Path:

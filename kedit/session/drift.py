@@ -21,6 +21,11 @@ def perplexity_change(nll: float, before: float) -> float:
     return math.exp(nll - before) - 1
 
 
+def is_flagged(step: float | None, threshold: float = DEFAULT_THRESHOLD) -> bool:
+    """Whether a commit that moved held-out perplexity by ``step`` (a fraction) is flagged."""
+    return step is not None and step > threshold
+
+
 @dataclass(frozen=True)
 class Drift:
     since_base: float | None  # held-out perplexity after the commit / base − 1
@@ -51,7 +56,7 @@ def drifts(entries, threshold: float = DEFAULT_THRESHOLD) -> dict[int, Drift]:
         else:
             before = stack[-1].heldout_nll if stack else base
             step = perplexity_change(nll, before) if before is not None else None
-            out[e.seq] = Drift(perplexity_change(nll, base), step, step is not None and step > threshold)
+            out[e.seq] = Drift(perplexity_change(nll, base), step, is_flagged(step, threshold))
         stack.append(e)
     return out
 
