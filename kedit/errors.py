@@ -83,6 +83,10 @@ class SingularSolveError(EditError):
     """The batch's key system is singular or produced non-finite weights."""
 
 
+class HeldBackError(EditError):
+    """The commit guard held back every queued fact: nothing was committed, the queue is unchanged."""
+
+
 class EditCancelled(EditError):
     """The user cancelled an edit before any weight changed."""
 

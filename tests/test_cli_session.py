@@ -171,6 +171,33 @@ def test_kill_during_value_optimisation(committed, tmp_path):
     assert r["ok"] and r["fingerprint"] == log["fingerprint"]
 
 
+def test_the_guard_holds_back_a_commit_it_would_flag(committed, tmp_path):
+    """``kedit settings --guard`` and ``kedit commit``: a fact whose commit would be flagged stays
+    queued and nothing is written (exit 4); ``--no-guard`` commits it and warns. The session's
+    threshold is set where every commit is flagged (any perplexity ratio − 1 exceeds −1)."""
+    s = copy_session(committed, tmp_path / "guarded")
+    shown = kedit_json("settings", s, "--guard", "--drift-threshold", "0.05")["settings"]
+    assert shown["guard"] is True and shown["drift_threshold"] == 0.05
+    settings = json.loads((s / "session.json").read_text())
+    (s / "session.json").write_text(json.dumps({**settings, "drift_threshold": -1.0}))
+    kedit("add", s, "--subject", "Louvre", "--prompt", "The {} is located in the city of", "--target", "Madrid")
+    journal = (s / "journal.jsonl").read_bytes()
+    proc = kedit("commit", s, "--json", check=False)
+    assert proc.returncode == 4, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["commit"] is None and out["commits"] == []
+    assert [(h["subject"], h["target"]) for h in out["held_back"]] == [("Louvre", "Madrid")]
+    assert "held back The Louvre is located in the city of → Madrid" in proc.stderr
+    assert "nothing committed" in proc.stderr and "Traceback" not in proc.stderr
+    assert (s / "journal.jsonl").read_bytes() == journal
+    assert [f["subject"] for f in kedit_json("queue", s)["queue"]] == ["Louvre"]
+
+    proc = kedit("commit", s, "--no-guard", "--json")
+    out = json.loads(proc.stdout)
+    assert out["commit"]["seq"] == 2 and out["drift"]["flagged"] and out["held_back"] == []
+    assert "commit #2 moved held-out perplexity" in proc.stderr
+
+
 def test_bad_inputs_give_one_clear_line_and_change_nothing(committed, tmp_path):
     s = copy_session(committed, tmp_path / "s")
     journal = s / "journal.jsonl"

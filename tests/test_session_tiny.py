@@ -507,3 +507,43 @@ def test_a_commit_records_its_threads_and_recompute_uses_them(tmp_path, tiny_dir
         assert seen == [1] and r.mismatches == [] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_guard_commits_the_harmless_facts_and_holds_back_the_harmful_one(tmp_path, tiny_dir, corpus, monkeypatch):
+    """Real edits, journal and queue; the held-out NLL is scripted (a tiny random model's moves at
+    random): every applied edit of "Japan" raises it by 10%, the other facts by nothing."""
+    from kedit.session.folder import SessionFolder
+    from kedit.session.replay import replay
+
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    japan = lambda: sum(f.subject == "Japan" for facts in s._stack.remembered for f in facts)  # noqa: E731
+    monkeypatch.setattr("kedit.editing.health.session_nll", lambda model, tok: 3.0 + math.log(1.1) * japan())
+    for f in FACTS:
+        s.add(f)
+    SessionFolder(s.path).change_settings(lambda st: dataclasses.replace(st, guard=True))
+    got = s.commit_queue()  # the session's setting: guarded
+    # [Eiffel Japan Colosseum] flagged → [Eiffel] kept, [Japan Colosseum] flagged → [Japan] flagged alone, [Colosseum] kept
+    assert [e.facts for e in got.kept] == [(FACTS[0],), (FACTS[2],)] and got.taken_back == 3
+    assert [(h.item, round(h.step, 6)) for h in got.held_back] == [(FACTS[1], 0.1)]
+    # only the kept commits are written: no undo entry, no stray delta file; the held-back fact stays queued
+    assert [e.kind for e in s.entries()] == ["commit", "commit"] and [e.seq for e in got.kept] == [1, 2]
+    assert sorted(p.name for p in (s.path / "deltas").iterdir()) == sorted(
+        os.path.basename(e.delta_file) for e in got.kept)
+    assert s.queue == (FACTS[1],) and not any(s.drift(e).flagged for e in got.kept)
+    assert s.fingerprint() == got.kept[-1].fingerprint
+    r = replay(s.journal_path, recompute=True, verify=True)
+    assert r.mismatches == [] and r.fingerprint == s.fingerprint()
+
+    # without the guard the fact is committed and flagged, as before
+    plain = s.commit_queue(guard=False)
+    assert [e.facts for e in plain.kept] == [(FACTS[1],)] and plain.held_back == () and s.queue == ()
+    assert s.drift(plain.kept[0]).flagged
+
+
+def test_the_guard_setting_is_checked():
+    from kedit.errors import UsageError
+    from kedit.session.settings import Settings
+
+    with pytest.raises(UsageError, match="guard must be true or false"):
+        Settings(guard="yes").check()
+    assert Settings().guard is False

@@ -258,3 +258,31 @@ async def test_a_fact_that_cannot_be_queued_stops_the_commit_it_was_meant_for(ow
         assert app.queue_pane.form_values() == ("Louvre", "The {} is in", "Rome")  # kept for fixing
         assert not app.committing
     assert session.active_commits() == [] and session.queue == (Fact("Louvre", "The {} is in", "Paris"),)
+
+
+async def test_a_guarded_commit_keeps_the_harmful_fact_queued_and_says_why(own_session, monkeypatch):
+    """The guard in the TUI: real edits on the tiny model, the held-out NLL scripted (every applied
+    edit of "Japan" raises it by 10%), the session's setting turned on as ``kedit settings --guard`` does."""
+    import dataclasses
+    import math
+
+    from kedit.session.folder import SessionFolder
+
+    session = own_session
+    japan = lambda: sum(f.subject == "Japan" for facts in session._stack.remembered for f in facts)  # noqa: E731
+    monkeypatch.setattr("kedit.editing.health.session_nll", lambda model, tok: 3.0 + math.log(1.1) * japan())
+    SessionFolder(session.path).change_settings(lambda st: dataclasses.replace(st, guard=True))
+    harmless, harmful = Fact("Eiffel Tower", "The {} is located in the city of", "London"), Fact(
+        "Japan", "The capital of {} is", "Paris")
+    session.add(harmless)
+    session.add(harmful)
+    app = RecordingApp(session=session)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: session.active_commits() and not app.committing, timeout=120,
+                         what="the guarded commit")
+        held = [text for text, severity in app.notes if "stays in the queue" in text]
+        assert held == ["The capital of Japan is → Paris: on its own it moved held-out perplexity by +10.0%, more "
+                        "than this session's threshold. It stays in the queue."]
+        assert app.query_one("#queue-table").row_count == 1 and "guarded" in str(app.status.render())
+    assert [e.facts for e in session.active_commits()] == [(harmless,)] and session.queue == (harmful,)

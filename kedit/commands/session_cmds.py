@@ -31,6 +31,9 @@ MethodOpt = Annotated[Optional[str], typer.Option("--method", help="emmet | memi
 LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Edit layers, e.g. '3' or '2,3,4' or '2-4'.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: the session's, else auto).")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32 | bfloat16 | float16 (default: the session's, else auto).")]
+GuardOpt = Annotated[Optional[bool], typer.Option(
+    "--guard/--no-guard", help="Take back a commit that would be flagged for raising held-out perplexity and "
+    "commit its facts in halves, holding back a fact that does so on its own (default: the session's setting).")]
 WaitOpt = Annotated[Optional[float], typer.Option(
     "--wait", min=0, metavar="SECONDS",
     help="If another kedit process is changing the session, wait up to SECONDS for it (default: refuse at once to "
@@ -287,8 +290,7 @@ def log_cmd(session: SessionArg, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json({"session": str(folder.path), "header": j.header.to_dict(), "entries": [e.to_dict() for e in j.entries],
                     "active": sorted(active), "fingerprint": j.fingerprint, "queue": _facts_json(queue),
-                    "drift": {str(k): {"since_base": d.since_base, "step": d.step, "flagged": d.flagged}
-                              for k, d in drift.items()},
+                    "drift": {str(k): _drift_dict(d) for k, d in drift.items()},
                     "problems": _delta_problems(folder, j)})
         _check_delta_files(folder, j)
         return
@@ -408,8 +410,13 @@ def commit_cmd(
     dtype: DtypeOpt = None,
     wait: WaitOpt = None,
     as_json: JsonOpt = False,
+    guard: GuardOpt = None,
 ) -> None:
-    """Edit the queued facts into the model as one batch and record it in the journal."""
+    """Edit the queued facts into the model as one batch and record it in the journal.
+
+    With the guard (--guard, or 'kedit settings SESSION --guard'), a batch that would raise held-out
+    perplexity past the session's threshold is taken back before it is written and committed in
+    halves; a fact that does so on its own stays in the queue."""
     use_placement(device_map, max_memory)
     _check_method(method)
     layer_tuple = parse_layers(layers)
@@ -426,23 +433,42 @@ def commit_cmd(
             s.set_method(method, layer_tuple)  # pins the preset's hyper-parameters for them
         _info(f"committing {len(s.queue)} fact(s) with {s.method} on layer(s) {','.join(map(str, s.layers))} …")
         with ProgressPrinter() as progress:
-            entry = s.commit(progress=progress)
-    drift = s.drift(entry)
+            got = s.commit_queue(progress=progress, guard=guard)
+    drift = {e.seq: s.drift(e) for e in got.kept}
     if as_json:
-        _emit_json({"session": str(s.path), "commit": entry.to_dict(),
-                    "drift": {"since_base": drift.since_base, "step": drift.step, "flagged": drift.flagged}})
+        last = got.kept[-1] if got.kept else None
+        _emit_json({"session": str(s.path), "commit": last.to_dict() if last else None,
+                    "drift": _drift_dict(drift[last.seq]) if last else None,
+                    "commits": [{"commit": e.to_dict(), "drift": _drift_dict(drift[e.seq])} for e in got.kept],
+                    "held_back": [{**h.item.to_dict(), "step": h.step} for h in got.held_back]})
     else:
         out = _out_console()
-        out.print(f"commit #{entry.seq}: {len(entry.facts)} fact(s) in {entry.timings.get('total', 0):.1f}s "
-                  f"(values {entry.timings.get('values', 0):.1f}s); {drift.describe()}")
-        for f, sc in zip(entry.facts, entry.efficacy):
-            mark = "✓" if sc.argmax else "✗"
-            out.print(f"  {mark} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
-    if drift.flagged:
-        from kedit.session.drift import undo_hint
+        for entry in got.kept:
+            out.print(f"commit #{entry.seq}: {len(entry.facts)} fact(s) in {entry.timings.get('total', 0):.1f}s "
+                      f"(values {entry.timings.get('values', 0):.1f}s); {drift[entry.seq].describe()}")
+            for f, sc in zip(entry.facts, entry.efficacy):
+                mark = "✓" if sc.argmax else "✗"
+                out.print(f"  {mark} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
+    from kedit.session.drift import undo_hint
 
-        _warn(f"commit #{entry.seq} moved held-out perplexity by {drift.step:+.1%} (more than the session's "
-              f"{s.settings.drift_threshold:.1%}): the model may be damaged; {undo_hint(session)}")
+    for entry in got.kept:
+        if drift[entry.seq].flagged:
+            _warn(f"commit #{entry.seq} moved held-out perplexity by {drift[entry.seq].step:+.1%} (more than the "
+                  f"session's {s.settings.drift_threshold:.1%}): the model may be damaged; {undo_hint(session)}"
+                  + ("" if s.settings.guard else f" ('kedit settings {session} --guard' holds such commits back)"))
+    for h in got.held_back:
+        _warn(f"held back {_fact_line(h.item)}: on its own it moved held-out perplexity by {h.step:+.1%} (more than "
+              f"the session's {s.settings.drift_threshold:.1%}); it stays in the queue ('kedit commit {session} "
+              "--no-guard' commits it anyway)")
+    if not got.kept:
+        from kedit.errors import HeldBackError
+
+        raise HeldBackError("nothing committed: the guard held back every queued fact (they stay in the queue)",
+                            hint=f"'kedit commit {session} --no-guard' commits them anyway")
+
+
+def _drift_dict(d) -> dict:
+    return {"since_base": d.since_base, "step": d.step, "flagged": d.flagged}
 
 
 @app.command("undo", epilog=EXIT_CODES)
@@ -472,6 +498,12 @@ def settings_cmd(
         "--layers", help="Edit layers for the next commits, e.g. '3', '2,3,4' or '2-4'; 'preset' for the method's own.")] = None,
     query_quant: Annotated[Optional[str], typer.Option(
         "--query-quant", help="Answer queries from a quantised copy: none, int8 or nf4.")] = None,
+    guard: Annotated[Optional[bool], typer.Option(
+        "--guard/--no-guard", help="Guard the next commits: take back one that would be flagged for raising held-out "
+        "perplexity and commit its facts in halves, holding back a fact that does so on its own.")] = None,
+    drift_threshold: Annotated[Optional[float], typer.Option(
+        "--drift-threshold", min=0.0, metavar="FRACTION",
+        help="Flag a commit that raises held-out perplexity by more than this fraction (default 0.02: 2%).")] = None,
     wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -493,9 +525,11 @@ def settings_cmd(
     def change(st):
         if method is not None or layer_tuple is not None or preset_layers:
             st = st.with_method(method, layer_tuple, preset_layers)
-        return dataclasses.replace(st, query_quant=quant) if quant is not None else st
+        st = dataclasses.replace(st, query_quant=quant) if quant is not None else st
+        st = dataclasses.replace(st, guard=guard) if guard is not None else st
+        return dataclasses.replace(st, drift_threshold=drift_threshold) if drift_threshold is not None else st
 
-    if method is not None or layers is not None or quant is not None:
+    if any(v is not None for v in (method, layers, quant, guard, drift_threshold)):
         st = folder.change_settings(change, wait)
     else:
         st = folder.read_settings()
@@ -506,7 +540,9 @@ def settings_cmd(
                    else ",".join(map(str, st.hparams["layers"])) + " (pinned preset)" if st.hparams else "the preset's")
     _out_console().print(
         f"{folder.path}: model {st.model}; next commits: {st.method} on layer(s) {layers_text}; "
-        f"device {st.device or 'auto'}, dtype {st.dtype or 'auto'}, query quantisation {st.query_quant}, load {st.load}",
+        f"device {st.device or 'auto'}, dtype {st.dtype or 'auto'}, query quantisation {st.query_quant}, load {st.load}; "
+        f"health: a commit moving held-out perplexity by more than {st.drift_threshold:.1%} is "
+        + ("taken back and committed in halves (guard on)" if st.guard else "flagged (guard off)"),
         markup=False)
 
 

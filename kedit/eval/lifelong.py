@@ -26,6 +26,7 @@ from kedit.eval.metrics import Metrics, RecordScores, figure, summarize
 from kedit.eval.records import EvalRecord
 from kedit.eval.runner import Tick, TickFn, batches_of, score_records
 from kedit.session.drift import is_flagged, perplexity_change
+from kedit.session.guard import Flagged, split_until_clean
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,8 @@ def run_lifelong(
     guard: float | None = None,
 ) -> LifelongRun:
     """``guard``: a commit that raises held-out perplexity by more than this fraction over the commit
-    before it (``session.drift``'s flag) is taken back and its facts retried in two halves, down to
-    single facts; a fact flagged on its own is left out of the run (``LifelongRun.refused``)."""
+    before it is taken back and its facts retried in halves, as a guarded session does
+    (``session.guard``); a fact flagged on its own is left out of the run (``LifelongRun.refused``)."""
     from kedit.session.engine import EditStack
 
     records = list(records)
@@ -148,29 +149,29 @@ def run_lifelong(
     log = _Log()
     reached: list[Checkpoint] = []
     interrupted = False
+
+    def attempt(group: list[EvalRecord]):
+        """Commit ``group``; a guard's flag takes it back (``Flagged``)."""
+        if progress:
+            progress(Tick("edit", log.seen, len(records), _commit_line(stack.depth + 1, log.nlls, reached,
+                                                                        base_nll)))
+        t = time.perf_counter()
+        res = stack.edit([r.fact for r in group], editor.hparams)
+        stack.push(res.deltas, res.facts)
+        seconds = time.perf_counter() - t - res.timings.get("statistics", 0.0)
+        nll = heldout_nll(model, tok)
+        step = perplexity_change(nll, log.nlls[-1] if log.nlls else base_nll)
+        if guard is not None and is_flagged(step, guard):
+            stack.pop()
+            return Flagged(step)
+        log.commit(group, seconds, nll, res)
+        return group
+
     try:
         for batch in batches_of(records, batch_size):
-            todo = [batch]  # the guard splits a flagged commit's facts in halves, tried in order
-            while todo:
-                group = todo.pop(0)
-                if progress:
-                    progress(Tick("edit", log.seen, len(records), _commit_line(stack.depth + 1, log.nlls, reached,
-                                                                                base_nll)))
-                t = time.perf_counter()
-                res = stack.edit([r.fact for r in group], editor.hparams)
-                stack.push(res.deltas, res.facts)
-                seconds = time.perf_counter() - t - res.timings.get("statistics", 0.0)
-                nll = heldout_nll(model, tok)
-                if guard is not None and is_flagged(perplexity_change(nll, log.nlls[-1] if log.nlls else base_nll),
-                                                    guard):
-                    stack.pop()
-                    log.undone += 1
-                    if len(group) == 1:
-                        log.refused.append(group[0])
-                    else:
-                        todo[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
-                    continue
-                log.commit(group, seconds, nll, res)
+            got = split_until_clean(batch, attempt)
+            log.refused.extend(h.item for h in got.held_back)
+            log.undone += got.taken_back
             log.seen += len(batch)
             if (marks and log.seen >= marks[0]) or log.seen == len(records):
                 while marks and marks[0] <= log.seen:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kedit.session.guard import Guarded, HeldBack
 from kedit.session.journal import (
     CommitEntry, FactScore, Journal, JournalEntry, JournalHeader, UndoEntry, read_journal,
 )
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
     from kedit.session.session import QueryResult, Session
 
 __all__ = [
-    "CommitEntry", "FactScore", "Journal", "JournalEntry", "JournalHeader", "QueryResult", "Session", "UndoEntry",
-    "read_journal",
+    "CommitEntry", "FactScore", "Guarded", "HeldBack", "Journal", "JournalEntry", "JournalHeader", "QueryResult",
+    "Session", "UndoEntry", "read_journal",
 ]
 
 

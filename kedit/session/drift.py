@@ -41,6 +41,14 @@ class Drift:
         return text
 
 
+def step_after(active: list, nll: float | None, base: float | None) -> float | None:
+    """The step of a commit with held-out NLL ``nll`` made on top of the ``active`` commits (oldest
+    first): against the last one's NLL, or the base model's when there is none. None when either
+    was not measured."""
+    before = active[-1].heldout_nll if active else base
+    return perplexity_change(nll, before) if nll is not None and before is not None else None
+
+
 def drifts(entries, threshold: float = DEFAULT_THRESHOLD) -> dict[int, Drift]:
     """Drift of every commit among ``entries`` (journal order), keyed by its seq."""
     out: dict[int, Drift] = {}
@@ -54,8 +62,7 @@ def drifts(entries, threshold: float = DEFAULT_THRESHOLD) -> dict[int, Drift]:
         if nll is None or base is None:
             out[e.seq] = Drift(None, None, False)
         else:
-            before = stack[-1].heldout_nll if stack else base
-            step = perplexity_change(nll, before) if before is not None else None
+            step = step_after(stack, nll, base)
             out[e.seq] = Drift(perplexity_change(nll, base), step, is_flagged(step, threshold))
         stack.append(e)
     return out

@@ -24,7 +24,9 @@ from kedit.errors import EditCancelled, InvalidFactError, KeditError, SessionErr
 from kedit.facts import Fact
 from kedit.session import base as base_model
 from kedit.session import store
+from kedit.session.drift import is_flagged, step_after
 from kedit.session.folder import SessionFolder, resolve
+from kedit.session.guard import Flagged, Guarded, split_until_clean
 from kedit.session.journal import (
     CommitEntry, FactScore, Journal, JournalEntry, JournalHeader, UndoEntry, append_entry, now, write_header,
 )
@@ -383,15 +385,56 @@ class Session:
         ``after`` tells readers which facts it consumed). ``should_stop`` cancels with
         ``EditCancelled`` before any weight or file changes.
         """
+        with self._lock, self._folder.journal_lock("committing", self.wait):
+            self._refresh()
+            return self._commit(list(self.queue), progress, should_stop)
+
+    def commit_queue(self, progress: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+                     guard: bool | None = None) -> Guarded:
+        """Commit the queue, guarded (``guard``; None: the session's setting) or as one batch.
+
+        The guard (``session.guard``) takes back, before it is written, a commit that the health
+        check would flag (its held-out perplexity step above ``drift_threshold``) and commits its
+        facts in halves, each guarded the same way; a fact flagged on its own stays in the queue
+        (``Guarded.held_back``). Each kept part is an ordinary commit in the journal."""
+        with self._lock, self._folder.journal_lock("committing", self.wait):
+            self._refresh()
+            facts = list(self.queue)
+            if not facts:
+                raise InvalidFactError("the queue is empty: nothing to commit", hint="add facts first ('kedit add')")
+            if not (self._settings.guard if guard is None else guard):
+                return Guarded((self._commit(facts, progress, should_stop),), (), 0)
+            threshold = self._settings.drift_threshold
+            kept: list[CommitEntry] = []
+
+            def attempt(group: list[Fact]):
+                got = self._commit(group, progress, should_stop, threshold)
+                if isinstance(got, CommitEntry):
+                    kept.append(got)
+                return got
+
+            try:
+                return split_until_clean(facts, attempt)
+            except EditCancelled:
+                if not kept:
+                    raise
+                done = ", ".join(f"#{e.seq}" for e in kept)
+                raise EditCancelled(f"commit cancelled after part of the queue was committed ({done}); "
+                                    "the rest stays queued") from None
+
+    def _commit(self, facts: list[Fact], progress, should_stop, guard: float | None = None) -> CommitEntry | Flagged:
+        """Commit ``facts`` (queued facts; the caller holds the journal lock and has refreshed). With
+        ``guard`` (a threshold), a commit whose held-out perplexity step exceeds it is taken back
+        before anything is written and returned as ``Flagged``."""
         from kedit.editing import Progress, cpu, score_targets
         from kedit.editing.health import session_nll
         from kedit.session.engine import plain
 
         # one thread count for the whole commit, recorded: ``replay --recompute`` needs it (cpu.py)
-        with self._lock, self._folder.journal_lock("committing", self.wait), cpu.computing(dynamic=False) as threads:
-            self._refresh()
+        with cpu.computing(dynamic=False) as threads:
             self._remove_leftovers()
-            facts = list(self.queue)
+            queued = set(self.queue)
+            facts = [f for f in facts if f in queued]  # a fact removed from the queue meanwhile is not committed
             if not facts:
                 raise InvalidFactError("the queue is empty: nothing to commit", hint="add facts first ('kedit add')")
             hp = self.hparams
@@ -411,6 +454,10 @@ class Session:
             try:
                 after = score_targets(model, tok, [f.text for f in result.facts], [f.target for f in result.facts])
                 heldout = session_nll(model, tok)
+                step = step_after(self.active_commits(), round(heldout, 6), round(base_nll, 6))
+                if guard is not None and is_flagged(step, guard):
+                    self._stack.pop()  # nothing was written
+                    return Flagged(step)
                 prob_before = {f: b.prob for f, b in zip(facts, before)}
                 fp = self._stack.fingerprint()
                 seq = self._journal.next_seq

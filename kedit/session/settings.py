@@ -35,6 +35,7 @@ class Settings:
     hparams: dict | None = None  # explicit HParams.to_dict() for the next commits (None: the preset)
     load: str = "none"  # int8/nf4: the model is loaded quantised except the edit layers (fixed at the start)
     drift_threshold: float = 0.02  # a commit that moves held-out perplexity by more than this fraction is flagged
+    guard: bool = False  # take back a commit that would be flagged and commit its facts in halves (session.guard)
 
     def __post_init__(self) -> None:
         if self.layers is not None and not isinstance(self.layers, tuple):
@@ -50,6 +51,8 @@ class Settings:
             raise UsageError(f"seed must be a whole number, got {self.seed!r}")
         if not isinstance(self.drift_threshold, (int, float)) or isinstance(self.drift_threshold, bool):
             raise UsageError(f"drift_threshold must be a number (a fraction, e.g. 0.02), got {self.drift_threshold!r}")
+        if not isinstance(self.guard, bool):
+            raise UsageError(f"guard must be true or false, got {self.guard!r}")
         layers = None if self.layers is None else choices.check_layers(self.layers, num_layers)
         method = choices.method_name(self.method)
         if layers is not None and method in ("emmet", "rome") and len(layers) != 1:

@@ -441,7 +441,7 @@ class KeditApp(App):
     def _commit_worker(self, stop: threading.Event) -> None:
         t = time.perf_counter()
         try:
-            entry = self.session.commit(
+            got = self.session.commit_queue(
                 progress=lambda p: self.post_message(CommitProgressed(p)), should_stop=stop.is_set
             )
         except EditCancelled:
@@ -449,7 +449,7 @@ class KeditApp(App):
         except BaseException as exc:  # noqa: BLE001
             self.post_message(WorkFailed("commit", exc))
         else:
-            self.post_message(CommitFinished(entry, time.perf_counter() - t))
+            self.post_message(CommitFinished(got, time.perf_counter() - t))
 
     def action_cancel_commit(self) -> None:
         if self.committing and self._stop is not None and not self._stop.is_set():
@@ -472,17 +472,22 @@ class KeditApp(App):
 
     def on_commit_finished(self, message: CommitFinished) -> None:
         self._commit_over()
-        entry = message.entry
-        self.notify(
-            f"committed {jv.n_facts(entry)} fact(s) in {jv.seconds(entry):.1f}s · efficacy {jv.efficacy(entry)}",
-            title=f"commit {jv.number(entry)}",
-            timeout=6,
-        )
-        drift = self.log_pane.drifts.get(entry.seq)
-        if drift is not None and drift.flagged:
-            self.notify(f"{drift.describe()}: more than this session's threshold. Ctrl+Z undoes the commit.",
-                        title="the model may be damaged", severity="warning", timeout=12)
-        prompt = self.last_prompt or jv.first_prompt(entry)
+        got = message.result
+        for entry in got.kept:
+            self.notify(
+                f"committed {jv.n_facts(entry)} fact(s) in {jv.seconds(entry):.1f}s · efficacy {jv.efficacy(entry)}",
+                title=f"commit {jv.number(entry)}",
+                timeout=6,
+            )
+            drift = self.log_pane.drifts.get(entry.seq)
+            if drift is not None and drift.flagged:
+                self.notify(f"{drift.describe()}: more than this session's threshold. Ctrl+Z undoes the commit.",
+                            title="the model may be damaged", severity="warning", timeout=12)
+        for held in got.held_back:
+            self.notify(f"{held.item.text} → {held.item.target}: on its own it moved held-out perplexity by "
+                        f"{held.step:+.1%}, more than this session's threshold. It stays in the queue.",
+                        title="held back by the guard", severity="warning", timeout=12)
+        prompt = self.last_prompt or (jv.first_prompt(got.kept[0]) if got.kept else None)
         if prompt:
             self.query_one("#query-input", Input).value = prompt
             self.run_query(prompt)

@@ -45,9 +45,9 @@ class CommitProgressed(Message):
 
 @dataclass
 class CommitFinished(Message):
-    """The queued facts became one journal entry."""
+    """The queued facts became journal entries: one, or with the guard the parts it kept."""
 
-    entry: Any  # kedit.session.CommitEntry
+    result: Any  # kedit.session.guard.Guarded: the commits kept and the facts held back
     seconds: float
 
 

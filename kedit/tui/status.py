@@ -41,9 +41,12 @@ class StatusLine(Static):
             "edits": f"{edits} edit{'s' if edits != 1 else ''}",
             "device": f"{lm.device} {str(lm.dtype).removeprefix('torch.')}",
         }
-        quant = getattr(getattr(session, "settings", None), "query_quant", "none")
+        settings = getattr(session, "settings", None)
+        quant = getattr(settings, "query_quant", "none")
         if quant and quant != "none":
             self.fields["query"] = f"query {quant}"
+        if getattr(settings, "guard", False):
+            self.fields["guard"] = "guarded"
         self._redraw()
 
     def set_state(self, state: str) -> None:
