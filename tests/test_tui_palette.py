@@ -3,6 +3,8 @@ and worker errors, on tiny models: a loading worker, palette screens, notificati
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kedit.tui.messages import ExportFinished, QueryAnswered, SessionReady, WorkFailed
@@ -73,6 +75,12 @@ async def test_change_method_and_layers_from_the_palette(tiny):
         await pilot.press("up", "enter")  # back to emmet (one layer: the preset's)
         assert tiny.method == "emmet" and len(tiny.layers) == 1
         assert app.is_running
+
+        await palette(pilot, "Guard commits")
+        assert tiny.settings.guard and "guarded" in str(app.status.render())
+        assert json.loads((tiny.path / "session.json").read_text())["guard"] is True
+        await palette(pilot, "Guard commits")
+        assert not tiny.settings.guard and "guarded" not in str(app.status.render())
 
 
 async def test_export_from_the_palette_and_an_export_error_is_a_notification(tiny, tmp_path):

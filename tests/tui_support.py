@@ -42,12 +42,13 @@ _SHARED: dict = {}
 def tiny(tmp_path_factory, tokenizer):
     """The tiny-model session of this test run (import this fixture into a module): made once,
     since sampling its context prefixes is the slow part; each module gets it with an empty
-    queue and the default method."""
+    queue, the default method and no guard."""
     if "tiny" not in _SHARED:
         _SHARED["tiny"] = tiny_session(tmp_path_factory.mktemp("tui") / "tiny", tokenizer)
     s = _SHARED["tiny"]
     s.clear_queue()
     s.set_method("emmet")
+    s.set_guard(False)
     return s
 
 

@@ -367,6 +367,11 @@ class Session:
             self._use_settings(self._folder.change_settings(lambda s: dataclasses.replace(s, query_quant=mode), self.wait))
             self._qcopy = None
 
+    def set_guard(self, on: bool) -> None:
+        """Guard the next commits (``commit_queue``) or not."""
+        with self._lock:
+            self._use_settings(self._folder.change_settings(lambda s: dataclasses.replace(s, guard=on), self.wait))
+
     def _use_settings(self, settings: Settings) -> None:
         self.hparams = _hparams_for(self._folder, settings, self._journal.header, self.lm)
         self._settings = settings

@@ -606,6 +606,20 @@ class KeditApp(App):
 
         self.push_screen(AskScreen("Layers", "Layer(s) the next commits edit, e.g. 4 or 4,5,6:", now), go)
 
+    def action_toggle_guard(self) -> None:
+        if self.busy:
+            self.notify(self.busy, severity="warning")
+            return
+        on = not self.session.settings.guard
+        try:
+            self.session.set_guard(on)
+        except KeditError as exc:
+            self.notify(error_text(exc), title="settings", severity="error", timeout=8)
+            return
+        self.status.show_session(self.session)
+        self.notify("guard on: a commit that would be flagged is taken back and committed in halves; a fact flagged "
+                    "on its own stays queued" if on else "guard off: flagged commits are kept and marked ⚠", timeout=6)
+
     def _set_method(self, method: str, layers, preset_layers: bool = False) -> None:
         try:
             self.session.set_method(method, layers, preset_layers)

@@ -1,5 +1,5 @@
 """The command palette (Ctrl+P) for rare actions: export, method, layers, open another session,
-load facts, clear the queue, undo, help."""
+load facts, clear the queue, the commit guard, undo, help."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ COMMANDS = (
     ("Open another session", "switch to another session (and its model)", "open_session"),
     ("Load facts from file", "queue the facts of a jsonl/csv file", "load_facts"),
     ("Clear queue", "drop every queued fact", "clear_queue"),
+    ("Guard commits on/off", "take back a commit that would raise perplexity too much; commit its facts in halves",
+     "toggle_guard"),
     ("Commit queued facts", "edit the model with the queued facts as one batch", "commit"),
     ("Undo last commit", "restore the weights before the last active commit", "undo"),
     ("Help", "keys and how to use kedit", "help"),
