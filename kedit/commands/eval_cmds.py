@@ -399,7 +399,7 @@ def lifelong_cmd(
     guard: Annotated[Optional[float], typer.Option(
         "--guard", help="Take back a commit that raises held-out perplexity by more than this fraction (a "
         "session flags 0.02) and retry its facts in halves; a fact that still does on its own is left out.",
-        min=0.0)] = None,
+        min=0.0, metavar="FRACTION")] = None,
 ) -> None:
     """Sequential edits in batches, each commit remembering the earlier ones: ES/PS/NS/S of all
     edits so far, the first batch's efficacy, held-out perplexity and commit time at checkpoints."""
