@@ -93,6 +93,11 @@ class EditCancelled(EditError):
     exit_code = 130
 
 
+class PartlyCommitted(EditCancelled):
+    """A guarded commit was cancelled after some of its parts were committed (they stay committed;
+    the rest of the queue stays queued)."""
+
+
 # -- sessions and journals (exit 5) -------------------------------------------------------------
 
 

@@ -540,6 +540,22 @@ def test_the_guard_commits_the_harmless_facts_and_holds_back_the_harmful_one(tmp
     assert s.drift(plain.kept[0]).flagged
 
 
+def test_a_guarded_commit_cancelled_midway_keeps_the_parts_committed_and_says_so(tmp_path, tiny_dir, corpus,
+                                                                               monkeypatch):
+    from kedit.errors import PartlyCommitted
+
+    s = start(tmp_path / "s", tiny_dir, corpus)
+    japan = lambda: sum(f.subject == "Japan" for facts in s._stack.remembered for f in facts)  # noqa: E731
+    monkeypatch.setattr("kedit.editing.health.session_nll", lambda model, tok: 3.0 + math.log(1.1) * japan())
+    for f in FACTS:
+        s.add(f)
+    # [Eiffel Japan Colosseum] flagged → [Eiffel] kept → Esc before [Japan Colosseum]
+    with pytest.raises(PartlyCommitted, match=r"after part of the queue was committed \(#1\)"):
+        s.commit_queue(guard=True, should_stop=lambda: len(s.active_commits()) >= 1)
+    assert [e.facts for e in s.active_commits()] == [(FACTS[0],)] and s.queue == tuple(FACTS[1:])
+    assert s.fingerprint() == s.active_commits()[-1].fingerprint
+
+
 def test_the_guard_setting_is_checked():
     from kedit.errors import UsageError
     from kedit.session.settings import Settings

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from kedit import __version__
-from kedit.errors import EditCancelled, InvalidFactError, KeditError, SessionError, UsageError, VerificationError
+from kedit.errors import (
+    EditCancelled, InvalidFactError, KeditError, PartlyCommitted, SessionError, UsageError, VerificationError,
+)
 from kedit.facts import Fact
 from kedit.session import base as base_model
 from kedit.session import store
@@ -424,8 +426,8 @@ class Session:
                 if not kept:
                     raise
                 done = ", ".join(f"#{e.seq}" for e in kept)
-                raise EditCancelled(f"commit cancelled after part of the queue was committed ({done}); "
-                                    "the rest stays queued") from None
+                raise PartlyCommitted(f"commit cancelled after part of the queue was committed ({done}); "
+                                      "the rest stays queued") from None
 
     def _commit(self, facts: list[Fact], progress, should_stop, guard: float | None = None) -> CommitEntry | Flagged:
         """Commit ``facts`` (queued facts; the caller holds the journal lock and has refreshed). With

@@ -26,7 +26,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Input
 
-from kedit.errors import EditCancelled, KeditError, UsageError
+from kedit.errors import EditCancelled, KeditError, PartlyCommitted, UsageError
 from kedit.show import terminal_safe, visible
 from kedit.tui import journal_view as jv
 from kedit.tui.commands import KeditCommands
@@ -444,8 +444,8 @@ class KeditApp(App):
             got = self.session.commit_queue(
                 progress=lambda p: self.post_message(CommitProgressed(p)), should_stop=stop.is_set
             )
-        except EditCancelled:
-            self.post_message(CommitCancelled())
+        except EditCancelled as exc:
+            self.post_message(CommitCancelled(str(exc) if isinstance(exc, PartlyCommitted) else None))
         except BaseException as exc:  # noqa: BLE001
             self.post_message(WorkFailed("commit", exc))
         else:
@@ -494,7 +494,7 @@ class KeditApp(App):
 
     def on_commit_cancelled(self, message: CommitCancelled) -> None:
         self._commit_over()
-        self.notify("commit cancelled: no weight changed, the facts stay queued", severity="warning")
+        self.notify(message.partly or "commit cancelled: no weight changed, the facts stay queued", severity="warning")
 
     # -- undo ---------------------------------------------------------------------------------
 

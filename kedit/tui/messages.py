@@ -53,7 +53,10 @@ class CommitFinished(Message):
 
 @dataclass
 class CommitCancelled(Message):
-    """Esc stopped the commit before any weight changed."""
+    """Esc stopped the commit before any weight changed (or, guarded, after some parts were committed:
+    ``partly`` says which)."""
+
+    partly: str | None = None
 
 
 @dataclass
