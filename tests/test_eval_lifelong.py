@@ -62,13 +62,18 @@ def test_lifelong_command_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
     assert "commit 3 · perplexity now " in proc.stderr and " · at 2 edits: ES " in proc.stderr  # as they come
 
 
-def test_ctrl_c_keeps_the_checkpoints_reached_and_restores_the_weights(tokenizer, tmp_path):
-    model = make_tiny_llama(seed=2)
+def tiny_editor(tokenizer, tmp_path, seed: int):
+    """A tiny random Llama and an EMMET editor on its layer 1 that remembers commits (2 value steps)."""
+    model = make_tiny_llama(seed=seed)
     corpus = tmp_path / "c.txt"
     corpus.write_text(" ".join(f"Line {i}: the river runs past the mill." for i in range(150)))
     hp = HParams(method="emmet", layers=(1,), lam=0.0, values=ValueConfig(steps=2), stats_tokens=1500,
                  stats_seq_len=64, preserve=1.0, remember_by_commit=True)
-    ed = Editor(model, tokenizer, hp, ("A prefix.",), "tiny", corpus=str(corpus), cache_dir=tmp_path / "cache")
+    return model, Editor(model, tokenizer, hp, ("A prefix.",), "tiny", corpus=str(corpus), cache_dir=tmp_path / "cache")
+
+
+def test_ctrl_c_keeps_the_checkpoints_reached_and_restores_the_weights(tokenizer, tmp_path):
+    model, ed = tiny_editor(tokenizer, tmp_path, seed=2)
     recs = [EvalRecord(s, s, "The river of {} is the", "Tarn", "Ouse", (), ("The river of Gale is the",), "Wey",
                        "counterfact") for s in SUBJECTS]
     before = fingerprint(model, [0, 1, 2, 3])
@@ -167,12 +172,7 @@ def test_the_guard_takes_back_a_flagged_commit_and_retries_its_facts_in_halves(t
     colm = lambda: sum(f.subject == "Colm" for facts in applied for f in facts)  # noqa: E731
     monkeypatch.setattr(lifelong, "heldout_nll", lambda model, tok: 3.0 + math.log(1.1) * colm())
 
-    model = make_tiny_llama(seed=3)
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(" ".join(f"Line {i}: the river runs past the mill." for i in range(150)))
-    hp = HParams(method="emmet", layers=(1,), lam=0.0, values=ValueConfig(steps=2), stats_tokens=1500,
-                 stats_seq_len=64, preserve=1.0, remember_by_commit=True)
-    ed = Editor(model, tokenizer, hp, ("A prefix.",), "tiny", corpus=str(corpus), cache_dir=tmp_path / "cache")
+    model, ed = tiny_editor(tokenizer, tmp_path, seed=3)
     recs = [EvalRecord(str(i), s, "The river of {} is the", "Tarn", "Ouse", (), ("The river of Gale is the",),
                        "Wey", "counterfact") for i, s in enumerate(SUBJECTS[:5])]
     before = fingerprint(model, [0, 1, 2, 3])
