@@ -7,7 +7,8 @@ paragraph), the commit's time (and per phase: values, keys, solve) and each fact
 so the damage shows commit by commit and a slow late commit can be told from one whose facts
 needed more steps or whose keys cost more. At checkpoints (numbers of edits) it also scores every
 record edited so far (ES/PS/NS/S beside the same records unedited), the first batch's efficacy now
-and the norm of the edited projection. The weights are restored at the end, whatever happens;
+and the norm of the edited projection. With ``guard`` a flagged commit is taken back and split as
+a guarded session's is (``session.guard``). The weights are restored at the end, whatever happens;
 Ctrl-C returns what was measured so far.
 """
 
