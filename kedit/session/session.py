@@ -408,7 +408,7 @@ class Session:
             self._refresh()
             facts = list(self.queue)
             if not facts:
-                raise InvalidFactError("the queue is empty: nothing to commit", hint="add facts first ('kedit add')")
+                raise _nothing_to_commit()
             if not (self._settings.guard if guard is None else guard):
                 return Guarded((self._commit(facts, progress, should_stop),), (), 0)
             threshold = self._settings.drift_threshold
@@ -443,7 +443,7 @@ class Session:
             queued = set(self.queue)
             facts = [f for f in facts if f in queued]  # a fact removed from the queue meanwhile is not committed
             if not facts:
-                raise InvalidFactError("the queue is empty: nothing to commit", hint="add facts first ('kedit add')")
+                raise _nothing_to_commit()
             hp = self.hparams
             model, tok = self.lm.model, self.lm.tokenizer
             t0 = time.perf_counter()
@@ -608,6 +608,10 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session({str(self.path)!r}, model={self.header.model.name!r}, commits={len(self.active_commits())}, queue={len(self.queue)})"
+
+
+def _nothing_to_commit() -> InvalidFactError:
+    return InvalidFactError("the queue is empty: nothing to commit", hint="add facts first ('kedit add')")
 
 
 def _settings(model, method, layers, device, dtype, corpus, seed, query_quant, hparams, load="none") -> Settings:
