@@ -87,3 +87,58 @@ def test_multi_layer_memit_recomputes_only_the_layers_above_a_change(tokenizer, 
     apply_deltas(model, list(res.deltas))
     for layer in (1, 2):
         assert torch.equal(ed.remembered.keys(layer, [A]), fresh(model, tokenizer, [A], layer, ed.prefixes))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_passes_restarted_from_kept_block_outputs_give_the_same_deltas(tokenizer, corpus, tmp_path, dtype):
+    """Three-layer MEMIT over three commits: the remembered keys at layers 2 and 3 are recomputed
+    from the kept outputs of blocks 0 and 1 (two blocks per layer instead of three and four), and
+    every delta equals the one from passes that start at the embeddings (nothing kept)."""
+    deltas, blocks = [], []
+    for budget in (None, 0):
+        model = make_tiny_llama(seed=6, dtype=dtype)
+        ed = _editor(model, tokenizer, corpus, tmp_path, layers=(1, 2, 3), method="memit", lam=1.0)
+        if budget is not None:
+            ed.remembered.limit(budget)
+        got = []
+        for groups, batch in (([], A), ([A], B), ([A, B], C)):
+            res = ed.edit(list(batch), remember=groups)
+            apply_deltas(model, list(res.deltas))
+            got.append(res.deltas)
+        deltas.append(got)
+        blocks.append(ed.remembered.blocks_run)
+    for kept, whole in zip(*deltas):
+        for d, e in zip(kept, whole):
+            assert torch.equal(d.U, e.U) and torch.equal(d.V, e.V)
+    # commit B: A at layer 2 from the embeddings (3 blocks, keeping blocks 0 and 1), at layer 3
+    # from block 1 (2); commit C: A from blocks 0 and 1 (2 + 2), B as A was in commit B (3 + 2)
+    assert blocks == [2 * (3 + 2) + 2 * (2 + 2) + 1 * (3 + 2), 2 * (3 + 4) + 3 * (3 + 4)]
+
+
+def test_restarted_keys_are_the_bits_of_whole_passes_on_the_default_model(default_lm):
+    """On the real model: keys at layers 2 and 3 read after layers 1 and 2 changed, from kept
+    block outputs, equal keys read from the embeddings, bit for bit."""
+    from kedit.editing import arch
+    from kedit.editing.memory import RememberedKeys
+
+    model, tok = default_lm.model, default_lm.tokenizer
+    prefixes = ("It was a quiet morning.", "Everyone agreed on one thing.")
+    groups = [(Fact("Danielle Darrieux", "{}'s mother tongue is", "English"),
+               Fact("Toko Yasuda", "{} plays the", "piano")),
+              (Fact("Edwin of Northumbria", "{} follows the religion of", "Islam"),)]
+    rk = RememberedKeys(model, tok, prefixes, base=1)
+    originals = {l: arch.weight_param(model, l).detach().clone() for l in (1, 2)}
+    try:
+        rk.keys(1, groups)
+        for layer in (1, 2):
+            with torch.no_grad():
+                w = arch.weight_param(model, layer)
+                w.add_(0.02 * torch.randn(w.shape, generator=torch.Generator().manual_seed(layer)).to(w.dtype))
+            before = rk.blocks_run
+            got = rk.keys(layer + 1, groups)
+            assert rk.blocks_run - before == 3 * 2  # 3 facts, two blocks each
+            assert torch.equal(got, fresh(model, tok, groups, layer + 1, prefixes))
+    finally:
+        with torch.no_grad():
+            for l, w in originals.items():
+                arch.weight_param(model, l).copy_(w)

@@ -54,6 +54,21 @@ def run_until(model: nn.Module, last_block: int, **inputs) -> None:
         model(**inputs, use_cache=False)
 
 
+def run_until_input(model: nn.Module, module: nn.Module, **inputs) -> None:
+    """Run the model on ``inputs`` until ``module`` is called (its forward pre-hooks run, it does not)."""
+
+    def hook(mod, args):
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)  # registered last: earlier pre-hooks see the input
+    try:
+        model(**inputs, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def block_outputs(model: nn.Module, layer: int, input_ids, attention_mask) -> torch.Tensor:
     """Hidden state after block ``layer`` for every token: (B, T, d_model)."""
