@@ -92,8 +92,9 @@ def test_multi_layer_memit_recomputes_only_the_layers_above_a_change(tokenizer, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_passes_restarted_from_kept_block_outputs_give_the_same_deltas(tokenizer, corpus, tmp_path, dtype):
     """Three-layer MEMIT over three commits: the remembered keys at layers 2 and 3 are recomputed
-    from the kept outputs of blocks 0 and 1 (two blocks per layer instead of three and four), and
-    every delta equals the one from passes that start at the embeddings (nothing kept)."""
+    from what earlier passes kept of blocks 1 and 2 (one block and a projection per layer instead
+    of three and four blocks), and every delta equals the one from passes that start at the
+    embeddings (nothing kept)."""
     deltas, blocks = [], []
     for budget in (None, 0):
         model = make_tiny_llama(seed=6, dtype=dtype)
@@ -110,14 +111,40 @@ def test_passes_restarted_from_kept_block_outputs_give_the_same_deltas(tokenizer
     for kept, whole in zip(*deltas):
         for d, e in zip(kept, whole):
             assert torch.equal(d.U, e.U) and torch.equal(d.V, e.V)
-    # commit B: A at layer 2 from the embeddings (3 blocks, keeping blocks 0 and 1), at layer 3
-    # from block 1 (2); commit C: A from blocks 0 and 1 (2 + 2), B as A was in commit B (3 + 2)
-    assert blocks == [2 * (3 + 2) + 2 * (2 + 2) + 1 * (3 + 2), 2 * (3 + 4) + 3 * (3 + 4)]
+    # commit B: A at layer 2 from the embeddings (3 blocks, keeping blocks 1 and 2 split), at
+    # layer 3 from block 2 (1); commit C: A from blocks 1 and 2 (1 + 1), B as A was in commit B
+    assert blocks == [2 * (3 + 1) + 2 * (1 + 1) + 1 * (3 + 1), 2 * (3 + 4) + 3 * (3 + 4)]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2", "gptj"])
+def test_restarts_give_the_same_deltas_in_every_family(tokenizer, corpus, tmp_path, family):
+    """GPT-2 blocks split like Llama's; Gemma-2's (a norm after the MLP) and GPT-J's (attention
+    and MLP side by side) do not, and restart from the output of the block below instead."""
+    from conftest import make_tiny
+    from kedit.editing.keys import splits
+
+    deltas = []
+    for budget in (None, 0):
+        model = make_tiny(family, seed=7)
+        ed = _editor(model, tokenizer, corpus, tmp_path, layers=(1, 2), method="memit", lam=1.0)
+        if budget is not None:
+            ed.remembered.limit(budget)
+        for groups, batch in (([], A), ([A], B), ([A, B], C)):
+            res = ed.edit(list(batch), remember=groups)
+            apply_deltas(model, list(res.deltas))
+        deltas.append(res.deltas)
+        if budget is None:
+            assert splits(model, 1) is (family == "gpt2")
+            blocks = ed.remembered.blocks_run
+    for d, e in zip(*deltas):
+        assert torch.equal(d.U, e.U) and torch.equal(d.V, e.V)
+    # commit C: A at layer 2 from block 1 split (1 block) or block 0's output (2); B from the embeddings (3)
+    assert blocks == 2 * 3 + (2 * 1 if family == "gpt2" else 2 * 2) + 1 * 3
 
 
 def test_restarted_keys_are_the_bits_of_whole_passes_on_the_default_model(default_lm):
-    """On the real model: keys at layers 2 and 3 read after layers 1 and 2 changed, from kept
-    block outputs, equal keys read from the embeddings, bit for bit."""
+    """On the real model: keys at layers 2 and 3 read after layers 1 and 2 changed, from what
+    earlier passes kept, equal keys read from the embeddings, bit for bit."""
     from kedit.editing import arch
     from kedit.editing.memory import RememberedKeys
 
@@ -126,7 +153,7 @@ def test_restarted_keys_are_the_bits_of_whole_passes_on_the_default_model(defaul
     groups = [(Fact("Danielle Darrieux", "{}'s mother tongue is", "English"),
                Fact("Toko Yasuda", "{} plays the", "piano")),
               (Fact("Edwin of Northumbria", "{} follows the religion of", "Islam"),)]
-    rk = RememberedKeys(model, tok, prefixes, base=1)
+    rk = RememberedKeys(model, tok, prefixes, layers=(1, 2, 3))
     originals = {l: arch.weight_param(model, l).detach().clone() for l in (1, 2)}
     try:
         rk.keys(1, groups)
@@ -136,7 +163,7 @@ def test_restarted_keys_are_the_bits_of_whole_passes_on_the_default_model(defaul
                 w.add_(0.02 * torch.randn(w.shape, generator=torch.Generator().manual_seed(layer)).to(w.dtype))
             before = rk.blocks_run
             got = rk.keys(layer + 1, groups)
-            assert rk.blocks_run - before == 3 * 2  # 3 facts, two blocks each
+            assert rk.blocks_run - before == 3 * 1  # 3 facts, one block each (and a projection)
             assert torch.equal(got, fresh(model, tok, groups, layer + 1, prefixes))
     finally:
         with torch.no_grad():

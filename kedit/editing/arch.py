@@ -22,20 +22,24 @@ class Arch:
     layers_path: str  # dotted path to the ModuleList of decoder blocks
     mlp_out: str  # dotted path, relative to a block, of the output projection
     transposed: bool  # True when the weight is stored (d_in, d_out) (GPT-2 Conv1D)
+    # Relative dotted path of the module whose input is the residual stream before the MLP, where
+    # the block's output is that stream plus the output projection's output (None: it is not, as
+    # with Gemma-2's norm after the MLP or GPT-J's parallel block). ``keys.splits`` checks it.
+    mlp_in: str | None = None
 
 
-_LLAMA_LIKE = Arch("llama", "model.layers", "mlp.down_proj", transposed=False)
+_LLAMA_LIKE = Arch("llama", "model.layers", "mlp.down_proj", transposed=False, mlp_in="post_attention_layernorm")
 
 ARCHES: dict[str, Arch] = {
     "llama": _LLAMA_LIKE,
-    "mistral": Arch("mistral", "model.layers", "mlp.down_proj", False),
+    "mistral": Arch("mistral", "model.layers", "mlp.down_proj", False, "post_attention_layernorm"),
     "mixtral": None,  # type: ignore[dict-item]  # MoE: no single MLP memory; refused below
-    "qwen2": Arch("qwen2", "model.layers", "mlp.down_proj", False),
-    "qwen3": Arch("qwen3", "model.layers", "mlp.down_proj", False),
-    "gemma": Arch("gemma", "model.layers", "mlp.down_proj", False),
+    "qwen2": Arch("qwen2", "model.layers", "mlp.down_proj", False, "post_attention_layernorm"),
+    "qwen3": Arch("qwen3", "model.layers", "mlp.down_proj", False, "post_attention_layernorm"),
+    "gemma": Arch("gemma", "model.layers", "mlp.down_proj", False, "post_attention_layernorm"),
     "gemma2": Arch("gemma2", "model.layers", "mlp.down_proj", False),
     "phi3": None,  # type: ignore[dict-item]  # fused gate_up + down_proj: fine, but untested
-    "gpt2": Arch("gpt2", "transformer.h", "mlp.c_proj", transposed=True),
+    "gpt2": Arch("gpt2", "transformer.h", "mlp.c_proj", transposed=True, mlp_in="ln_2"),
     "gptj": Arch("gptj", "transformer.h", "mlp.fc_out", transposed=False),
 }
 SUPPORTED = sorted(k for k, v in ARCHES.items() if v is not None)
@@ -80,6 +84,12 @@ def mlp_out_module(model: nn.Module, layer: int) -> nn.Module:
             f"layer {layer} does not exist: the model has layers 0..{n - 1}"
         )
     return _get(blocks(model)[layer], arch_of(model).mlp_out)
+
+
+def mlp_in_module(model: nn.Module, layer: int) -> nn.Module | None:
+    """The module whose input is block ``layer``'s residual stream before its MLP (``Arch.mlp_in``)."""
+    path = arch_of(model).mlp_in
+    return _get(blocks(model)[layer], path) if path else None
 
 
 def weight_param(model: nn.Module, layer: int) -> torch.Tensor:

@@ -70,7 +70,7 @@ class Editor:
         self._factors: dict[int, solver.Factor] = {}
         self._projectors: dict[int, solver.Projector] = {}
         self._corpus = None
-        self.remembered = RememberedKeys(model, tok, prefixes, base=min(hparams.layers))
+        self.remembered = RememberedKeys(model, tok, prefixes, layers=hparams.layers)
 
     @property
     def corpus(self):

@@ -5,10 +5,14 @@ in the reference ROME/MEMIT code; without prefixes it is the bare key. All facts
 a batch run in chunks of rows, and every requested layer is read in the same pass, which stops at
 the deepest projection's input (nothing after it is needed).
 
-``read_keys`` can also start a pass above the embeddings, from a block's output kept from an
-earlier pass over the same chunks (``Pass.keep``), and keep a block's output for the next one:
-remembered facts' keys at a layer above an edited one are recomputed from there (memory.py).
-Blocks that get the same inputs compute the same bits, so a restarted pass equals a whole one.
+``read_keys`` can also start a pass above the embeddings, from what an earlier pass over the same
+chunks kept of a block (``Kept``), and keep a block for the next pass: remembered facts' keys at
+a layer above an edited one are recomputed from there (memory.py). A block is kept either as its
+output or, where the block adds its MLP output projection to the residual stream (``splits``),
+as the two parts of its output that editing that projection does not change: the stream before
+the MLP and the projection's input at every position. The block's output under the projection's
+current weights is then one matrix product away. Blocks that get the same inputs compute the same
+bits, so a restarted pass equals a whole one.
 """
 
 from __future__ import annotations
@@ -48,33 +52,72 @@ def chunks_of(model, tok, facts: list[Fact], prefixes: tuple[str, ...], chunk: i
 
 
 @dataclass(frozen=True)
-class Outputs:
-    """One block's output for every chunk of a pass, kept on the CPU: (B, T, d_model) each."""
+class Kept:
+    """Block ``block`` of every chunk of a pass, kept on the CPU to restart above it: its output
+    (``split`` False), or the stream before its MLP and its projection's input (``split`` True)."""
 
     block: int
-    hidden: tuple[torch.Tensor, ...]
-    device: torch.device  # where the block computed them (where the next block reads them)
+    split: bool
+    stream: tuple[torch.Tensor, ...]  # per chunk (B, T, d_model): the output, or the stream before the MLP
+    inputs: tuple[torch.Tensor, ...]  # per chunk (B, T, d_in): the projection's input; () when not split
+    device: torch.device  # where the block computed them
 
     @property
     def nbytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h in self.hidden)
+        return sum(t.numel() * t.element_size() for t in (*self.stream, *self.inputs))
+
+    def output(self, proj, c: int) -> torch.Tensor:
+        """(B, T, d_model) the block's output for chunk ``c`` with its projection ``proj`` as it is now."""
+        h = self.stream[c].to(self.device)
+        if not self.split:
+            return h
+        return h + proj(self.inputs[c].to(self.device))  # the block's own sum
 
 
 @torch.no_grad()
-def read_keys(model, chunks: list[Chunk], n_facts: int, layers: list[int], start: Outputs | None = None,
-              keep: tuple[int, ...] = ()) -> tuple[dict[int, torch.Tensor], dict[int, Outputs]]:
+def splits(model, block: int) -> bool:
+    """Whether block ``block``'s output is, bit for bit, the stream before its MLP plus its output
+    projection's output (``Arch.mlp_in``), checked on a short probe."""
+    mlp_in = arch.mlp_in_module(model, block)
+    if mlp_in is None:
+        return False
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(name, tensor) -> None:  # a hook that returns None changes nothing
+        got[name] = tensor
+
+    hooks = [
+        mlp_in.register_forward_pre_hook(lambda m, a: grab("stream", a[0])),
+        arch.mlp_out_module(model, block).register_forward_pre_hook(lambda m, a: grab("inputs", a[0])),
+        arch.blocks(model)[block].register_forward_hook(lambda m, a, o: grab("out", forward.hidden_of(o))),
+    ]
+    ids = torch.arange(3, 7, device=input_device(model))[None]  # (1, 4)
+    try:
+        forward.run_until(model, block, input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    if set(got) != {"stream", "inputs", "out"}:
+        return False
+    return torch.equal(got["out"], got["stream"] + arch.mlp_out_module(model, block)(got["inputs"]))
+
+
+@torch.no_grad()
+def read_keys(model, chunks: list[Chunk], n_facts: int, layers: list[int], start: Kept | None = None,
+              keep: tuple[tuple[int, bool], ...] = ()) -> tuple[dict[int, torch.Tensor], dict[int, Kept]]:
     """Keys per layer, each (d_in, E) in float32, read from the chunks' rows. ``start``: begin
-    above ``start.block`` with its kept outputs instead of at the embeddings; ``keep``: blocks
-    (that this pass runs) whose outputs are returned for a later pass."""
+    above ``start.block`` instead of at the embeddings; ``keep``: (block, split) pairs to keep for
+    a later pass (a block kept whole must finish in this pass; a split one must reach its projection)."""
     got: dict[int, list[torch.Tensor]] = {l: [] for l in layers}  # per chunk (B, d_in)
-    kept: dict[int, list[torch.Tensor]] = {b: [] for b in keep}  # per chunk (B, T, d_model)
-    kept_on: dict[int, torch.device] = {}
+    kept: dict[tuple[int, str], list[torch.Tensor]] = {}  # (block, part) -> per chunk (B, T, …)
+    kept_on: dict[int, torch.device] = {}  # block -> where it ran
+    proj = arch.mlp_out_module(model, start.block) if start else None  # before the restart swaps the block out
     restart = forward.restart_above(model, start.block) if start else contextlib.nullcontext()
     with restart as inject:
         for c, ch in enumerate(chunks):
             if start:
-                inject.hidden = start.hidden[c].to(start.device)  # (B, T, d_model)
-            handles = _hooks(model, ch, got, kept, kept_on)
+                inject.hidden = start.output(proj, c)  # (B, T, d_model)
+            handles = _hooks(model, ch, got, keep, kept, kept_on)
             try:
                 forward.run_until_input(model, arch.mlp_out_module(model, max(layers)),
                                         input_ids=ch.input_ids, attention_mask=ch.mask)
@@ -82,12 +125,18 @@ def read_keys(model, chunks: list[Chunk], n_facts: int, layers: list[int], start
                 for h in handles:
                     h.remove()
     n_t = sum(ch.input_ids.shape[0] for ch in chunks) // n_facts
-    outputs = {b: Outputs(b, tuple(kept[b]), kept_on[b]) for b in keep}
-    return {l: _average(torch.cat(got[l]), n_facts, n_t) for l in layers}, outputs
+    outs = {b: Kept(b, split, tuple(kept[(b, "stream")]), tuple(kept.get((b, "inputs"), ())), kept_on[b])
+            for b, split in keep}
+    return {l: _average(torch.cat(got[l]), n_facts, n_t) for l in layers}, outs
 
 
-def _hooks(model, ch: Chunk, got: dict, kept: dict, kept_on: dict) -> list:
-    """Hooks that append one chunk's keys to ``got[layer]`` and its kept outputs to ``kept[block]``."""
+def _hooks(model, ch: Chunk, got: dict, keep: tuple[tuple[int, bool], ...], kept: dict, kept_on: dict) -> list:
+    """Hooks that append one chunk's keys to ``got[layer]`` and its kept parts to ``kept[(block, part)]``."""
+
+    def store(name, tensor) -> None:
+        kept.setdefault(name, []).append(tensor.detach().to("cpu", copy=True))
+        kept_on[name[0]] = tensor.device
+
     handles = []
     for l in got:
         def read(mod, inputs, l=l):
@@ -96,13 +145,15 @@ def _hooks(model, ch: Chunk, got: dict, kept: dict, kept_on: dict) -> list:
             got[l].append(x[torch.arange(x.shape[0], device=x.device), at].float().cpu())  # (B, d_in)
 
         handles.append(arch.mlp_out_module(model, l).register_forward_pre_hook(read))
-    for b in kept:
-        def keep(mod, inputs, output, b=b):
-            h = forward.hidden_of(output)  # (B, T, d_model)
-            kept[b].append(h.detach().to("cpu", copy=True))
-            kept_on[b] = h.device
-
-        handles.append(arch.blocks(model)[b].register_forward_hook(keep))
+    for b, split in keep:
+        if split:
+            handles.append(arch.mlp_in_module(model, b).register_forward_pre_hook(
+                lambda m, a, b=b: store((b, "stream"), a[0])))  # (B, T, d_model)
+            handles.append(arch.mlp_out_module(model, b).register_forward_pre_hook(
+                lambda m, a, b=b: store((b, "inputs"), a[0])))  # (B, T, d_in)
+        else:
+            handles.append(arch.blocks(model)[b].register_forward_hook(
+                lambda m, a, o, b=b: store((b, "stream"), forward.hidden_of(o))))  # (B, T, d_model)
     return handles
 
 
@@ -121,4 +172,3 @@ def _average(k: torch.Tensor, n_facts: int, n_t: int) -> torch.Tensor:
     else:
         k = k[:, 0]
     return k.T.contiguous()  # (d_in, E)
-

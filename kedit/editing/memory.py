@@ -14,10 +14,14 @@ its own keys, so a cached key, a key seeded from the commit and a recomputed one
 bits: a session that was reopened (empty cache) and a replay that ran through (full cache) agree.
 
 Single-layer sessions therefore compute each fact's key once, at its own commit. Multi-layer
-MEMIT recomputes the layers above a projection that changed, and not from the embeddings: the
-output of the block below the lowest edited layer never changes, and the output of the block
-below layer ℓ does not change when ℓ is written, so both are kept (``_Rows``) and the next pass
-starts there — for layers 1..3 two blocks per layer instead of three and four.
+MEMIT recomputes the layers above a projection that changed, and not from the embeddings: what
+a pass over a commit's rows reached is kept (``_Rows``, ``keys.Kept``) and the next pass starts
+there. The lowest edited block never changes but for its projection, so it is kept for good as
+the stream before its MLP and its projection's input, from which its output under any weights is
+one product; a block kept the same way at layer ℓ serves the pass at ℓ + 1 after ℓ is written.
+For layers 1..3 a pass is then one block and a projection instead of three and four blocks.
+Where a block's output is not that sum (``keys.splits``), the output of the block below is kept
+instead (two blocks a pass).
 """
 
 from __future__ import annotations
@@ -27,35 +31,37 @@ from dataclasses import dataclass, field
 import torch
 
 from kedit.editing import arch
-from kedit.editing.keys import Chunk, Outputs, chunks_of, read_keys
+from kedit.editing.keys import Chunk, Kept, chunks_of, read_keys, splits
 from kedit.editing.placement import written_weight
 from kedit.facts import Fact
 
 Group = tuple[Fact, ...]  # the facts of one commit, in the commit's order
 
-KEEP_BUDGET_BYTES = 4 * 2**30  # block outputs kept for restarts (host memory); beyond it, passes start at the embeddings
+KEEP_BUDGET_BYTES = 4 * 2**30  # what passes keep for restarts (host memory); beyond it, passes start at the embeddings
 
 
 @dataclass
 class _Rows:
-    """One commit's rows and the block outputs kept for them: block -> (stamp, outputs)."""
+    """One commit's rows and what passes kept of them: restart block -> (stamp, kept)."""
 
     chunks: list[Chunk]
-    outputs: dict[int, tuple[tuple, Outputs]] = field(default_factory=dict)
+    kept: dict[int, tuple[tuple, Kept]] = field(default_factory=dict)
 
 
 class RememberedKeys:
-    def __init__(self, model, tok, prefixes: tuple[str, ...], base: int = 0,
+    def __init__(self, model, tok, prefixes: tuple[str, ...], layers: tuple[int, ...] = (),
                  budget: int = KEEP_BUDGET_BYTES) -> None:
-        """``base``: the lowest layer the session edits (the output of the block below it is kept)."""
-        self.model, self.tok, self.prefixes, self.base, self.budget = model, tok, prefixes, base, budget
+        """``layers``: the layers the session edits (what is worth keeping for a restart)."""
+        self.model, self.tok, self.prefixes, self.budget = model, tok, prefixes, budget
+        self.base, self.top = (min(layers), max(layers)) if layers else (0, None)
         self._cache: dict[tuple[int, Group], tuple[tuple, torch.Tensor]] = {}
         self._rows: dict[Group, _Rows] = {}
+        self._splits: dict[int, bool] = {}
         self.computed = 0  # facts whose keys were computed here (not found in the cache)
-        self.blocks_run = 0  # blocks run for them, per fact (from the embeddings: layer + 1)
+        self.blocks_run = 0  # blocks their passes ran, summed over facts (from the embeddings: layer + 1)
 
     def limit(self, budget: int) -> None:
-        """Keep at most ``budget`` bytes of block outputs from now on (0: every pass starts at the embeddings)."""
+        """Keep at most ``budget`` bytes for restarts from now on (0: every pass starts at the embeddings)."""
         self.budget = budget
         if self._kept_bytes(()) > budget:
             self._rows.clear()
@@ -93,20 +99,38 @@ class RememberedKeys:
         return torch.cat(cols, dim=1) if cols else None
 
     def _recompute(self, layer: int, g: Group) -> torch.Tensor:
-        """(d_in, E_g) keys of one commit at ``layer``, from the highest kept block output that is
-        still valid; keeps the outputs of the block below ``base`` and of the block below ``layer``."""
+        """(d_in, E_g) keys of one commit at ``layer``, from the highest restart point still valid."""
         rows = self._rows.get(g) or _Rows(chunks_of(self.model, self.tok, list(g), self.prefixes))
-        rows.outputs = {b: o for b, o in rows.outputs.items() if o[0] == self.stamp(b + 1) and b < layer}
-        start = max(rows.outputs, default=-1)
-        keep = tuple(sorted({b for b in (self.base - 1, layer - 1) if start < b < layer}))
+        rows.kept = {b: e for b, e in rows.kept.items() if b < layer and e[0] == self._valid_under(e[1])}
+        start = max(rows.kept, default=-1)
+        keep = tuple((b, split) for b, split in self._worth_keeping(layer) if start < b and (b <= layer if split else b < layer))
         K, kept = read_keys(self.model, rows.chunks, len(g), [layer],
-                            start=rows.outputs[start][1] if start >= 0 else None, keep=keep)
+                            start=rows.kept[start][1] if start >= 0 else None, keep=keep)
         self.blocks_run += len(g) * (layer - start)
-        rows.outputs.update({b: (self.stamp(b + 1), o) for b, o in kept.items()})
-        rows.outputs = {b: o for b, o in rows.outputs.items() if b in (self.base - 1, layer - 1)}
-        if self._kept_bytes(g) + sum(o[1].nbytes for o in rows.outputs.values()) <= self.budget:
+        rows.kept.update({b: (self._valid_under(k), k) for b, k in kept.items()})
+        rows.kept = {b: e for b, e in rows.kept.items() if b in dict(self._worth_keeping(layer))}
+        if self._kept_bytes(g) + sum(e[1].nbytes for e in rows.kept.values()) <= self.budget:
             self._rows[g] = rows
         return K[layer]
 
+    def _worth_keeping(self, layer: int) -> tuple[tuple[int, bool], ...]:
+        """(block, split) restart points after a pass at ``layer``: the lowest edited block for
+        good, and ``layer``'s own for the pass above it (unless it is the top edited layer)."""
+        out = []
+        for l in (self.base, layer) if layer != self.top else (self.base,):
+            split = self._split(l)
+            if split or l >= 1:
+                out.append((l, True) if split else (l - 1, False))
+        return tuple(dict(out).items())
+
+    def _split(self, block: int) -> bool:
+        if block not in self._splits:
+            self._splits[block] = splits(self.model, block)
+        return self._splits[block]
+
+    def _valid_under(self, kept: Kept) -> tuple:
+        """The stamp under which ``kept`` holds: a split block does not depend on its own projection."""
+        return self.stamp(kept.block if kept.split else kept.block + 1)
+
     def _kept_bytes(self, leave: Group) -> int:
-        return sum(o[1].nbytes for g, r in self._rows.items() if g != leave for o in r.outputs.values())
+        return sum(e[1].nbytes for g, r in self._rows.items() if g != leave for e in r.kept.values())
