@@ -9,9 +9,9 @@ value optimisation of the next commits has the same work as the first's), then t
 of new facts. The first of those computes the earlier commits' keys once, as a session reopened
 after many commits does; the second is the steady state the target is about: commit time at
 1,000 remembered facts ≤ 1.5× the first commit's. With several layers (MEMIT) the remembered keys
-above the lowest layer are recomputed on every commit, from kept block outputs; a last commit
-recomputes them from the embeddings instead (nothing kept), the arithmetic before the outputs were
-kept, for the same-run comparison. Prints each commit's time per phase, its mean value steps, and
+above the lowest layer are recomputed on every commit, from what earlier passes kept; a last commit
+recomputes them from the embeddings instead (nothing kept, as before restarts existed), for the
+same-run comparison. Prints each commit's time per phase, its mean value steps, and
 the ratio of the non-value phases and of the whole commit to the first.
 """
 
@@ -78,6 +78,7 @@ def main() -> None:
     commit("first commit after reopening", facts[b + n_pushed : 2 * b + n_pushed])
     commit("next commit (steady)", facts[2 * b + n_pushed : 3 * b + n_pushed])
     if several:
+        kept_mb = ed.remembered.kept_bytes / 2**20
         ed.remembered.limit(0)
         commit("steady, nothing kept", facts[3 * b + n_pushed : 4 * b + n_pushed])
 
@@ -93,7 +94,8 @@ def main() -> None:
     if several:
         whole = rows[3]
         print(f"remembered keys from kept block outputs vs from the embeddings, same run: "
-              f"{steady[3]['keys']:.1f} s vs {whole[3]['keys']:.1f} s ({whole[3]['keys'] / steady[3]['keys']:.2f}x faster)")
+              f"{steady[3]['keys']:.1f} s vs {whole[3]['keys']:.1f} s ({whole[3]['keys'] / steady[3]['keys']:.2f}x faster); "
+              f"{kept_mb:,.0f} MiB kept for the restarts")
 
 
 if __name__ == "__main__":

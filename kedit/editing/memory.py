@@ -63,8 +63,13 @@ class RememberedKeys:
     def limit(self, budget: int) -> None:
         """Keep at most ``budget`` bytes for restarts from now on (0: every pass starts at the embeddings)."""
         self.budget = budget
-        if self._kept_bytes(()) > budget:
+        if self.kept_bytes > budget:
             self._rows.clear()
+
+    @property
+    def kept_bytes(self) -> int:
+        """Host memory held for restarts."""
+        return self._kept_bytes(())
 
     def stamp(self, layer: int) -> tuple:
         """What the keys at ``layer`` depend on among the tensors kedit writes. An offloaded
@@ -109,8 +114,10 @@ class RememberedKeys:
         self.blocks_run += len(g) * (layer - start)
         rows.kept.update({b: (self._valid_under(k), k) for b, k in kept.items()})
         rows.kept = {b: e for b, e in rows.kept.items() if b in dict(self._worth_keeping(layer))}
-        if self._kept_bytes(g) + sum(e[1].nbytes for e in rows.kept.values()) <= self.budget:
-            self._rows[g] = rows
+        room = self.budget - self._kept_bytes(g)
+        while rows.kept and sum(e[1].nbytes for e in rows.kept.values()) > room:
+            del rows.kept[max(rows.kept)]  # the lowest block serves every later commit: it goes last
+        self._rows[g] = rows
         return K[layer]
 
     def _worth_keeping(self, layer: int) -> tuple[tuple[int, bool], ...]:
