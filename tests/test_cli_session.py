@@ -158,7 +158,7 @@ def test_add_commit_query_undo_replay_export(committed, tmp_path):
         assert text == answer, (prompt, text, answer)
 
 
-def test_kill_during_value_optimisation(committed, tmp_path):
+def test_kill_during_value_optimisation(committed, tmp_path, kedit_home):
     s = copy_session(committed, tmp_path / "s")
     kedit("add", s, "-s", "Mount Everest", "-p", "{} is located in", "-t", "France")
     before = snapshot(s)
@@ -168,6 +168,9 @@ def test_kill_during_value_optimisation(committed, tmp_path):
     log = kedit_json("log", s)
     assert log["active"] == [1] and [f["subject"] for f in log["queue"]] == ["Mount Everest"]
     r = kedit_json("replay", s / "journal.jsonl", "--verify")
+    assert r["ok"] and r["fingerprint"] == log["fingerprint"]
+    copy_session(s, kedit_home / "sessions" / "named")
+    r = kedit_json("replay", "named", "--verify")  # a session's name, as the other commands take it
     assert r["ok"] and r["fingerprint"] == log["fingerprint"]
 
 

@@ -661,7 +661,8 @@ def _plain_asker(model: str, top_k: int, device, dtype, query_quant: str = "none
 
 @app.command("replay", epilog=EXIT_CODES)
 def replay_cmd(
-    journal: Annotated[Path, typer.Argument(help="A journal.jsonl (or the session folder holding it).", show_default=False)],
+    journal: Annotated[str, typer.Argument(
+        help="A session name (→ sessions/NAME/), its folder, or a journal.jsonl.", show_default=False)],
     recompute: Annotated[bool, typer.Option("--recompute", help="Re-run every batch from its facts instead of applying stored deltas.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Stop with exit code 5 at the first fingerprint that differs.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Export the result as a Hugging Face checkpoint here.")] = None,
@@ -676,10 +677,14 @@ def replay_cmd(
 ) -> None:
     """Rebuild a journal's edited model headlessly (checking its fingerprints)."""
     use_placement(device_map, max_memory)
+    from kedit.session.folder import resolve
     from kedit.session.replay import replay
 
+    path = Path(journal).expanduser()
+    if not path.exists():
+        path = resolve(journal)  # a session's name
     with ProgressPrinter() as progress:
-        report = replay(journal, model=model, device=device, dtype=dtype, recompute=recompute, verify=verify, out=out,
+        report = replay(path, model=model, device=device, dtype=dtype, recompute=recompute, verify=verify, out=out,
                         progress=progress, inner_progress=progress, load=load)
     if as_json:
         _emit_json(report.to_dict())

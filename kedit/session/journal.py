@@ -361,9 +361,10 @@ def read_journal(path: str | os.PathLike) -> Journal:
     """
     path = journal_path(path)
     if not path.is_file():
+        hint = "give a session name, its folder or its journal.jsonl"
         if path.exists():
-            raise JournalError(f"{path} is not a file", hint="give a session folder or its journal.jsonl")
-        raise JournalError(f"no journal at {path}", hint="give a session folder or its journal.jsonl")
+            raise JournalError(f"{path} is not a file", hint=hint)
+        raise JournalError(f"no journal at {path}", hint=hint)
     try:
         lines = _lines(path)
     except OSError as exc:
