@@ -107,18 +107,23 @@ class RememberedKeys:
         """(d_in, E_g) keys of one commit at ``layer``, from the highest restart point still valid."""
         rows = self._rows.get(g) or _Rows(chunks_of(self.model, self.tok, list(g), self.prefixes))
         rows.kept = {b: e for b, e in rows.kept.items() if b < layer and e[0] == self._valid_under(e[1])}
-        start = max(rows.kept, default=-1)
-        keep = tuple((b, split) for b, split in self._worth_keeping(layer) if start < b and (b <= layer if split else b < layer))
+        start = max(rows.kept, default=-1)  # restart above this block (-1: at the embeddings)
+        keep = tuple((b, split) for b, split in self._worth_keeping(layer)
+                     if start < b and (b <= layer if split else b < layer))  # blocks this pass reaches
         K, kept = read_keys(self.model, rows.chunks, len(g), [layer],
                             start=rows.kept[start][1] if start >= 0 else None, keep=keep)
         self.blocks_run += len(g) * (layer - start)
         rows.kept.update({b: (self._valid_under(k), k) for b, k in kept.items()})
-        rows.kept = {b: e for b, e in rows.kept.items() if b in dict(self._worth_keeping(layer))}
+        self._store(g, rows, dict(self._worth_keeping(layer)))
+        return K[layer]
+
+    def _store(self, g: Group, rows: _Rows, worth: dict[int, bool]) -> None:
+        """Keep ``rows`` with the restart points worth keeping, within the budget."""
+        rows.kept = {b: e for b, e in rows.kept.items() if b in worth}
         room = self.budget - self._kept_bytes(g)
         while rows.kept and sum(e[1].nbytes for e in rows.kept.values()) > room:
             del rows.kept[max(rows.kept)]  # the lowest block serves every later commit: it goes last
         self._rows[g] = rows
-        return K[layer]
 
     def _worth_keeping(self, layer: int) -> tuple[tuple[int, bool], ...]:
         """(block, split) restart points after a pass at ``layer``: the lowest edited block for
