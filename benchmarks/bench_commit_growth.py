@@ -93,7 +93,7 @@ def main() -> None:
           f"{other(steady) / other(first):.2f}x outside the value optimisation (target ≤ 1.5x)")
     if several:
         whole = rows[3]
-        print(f"remembered keys from kept block outputs vs from the embeddings, same run: "
+        print(f"remembered keys restarted from what earlier passes kept vs from the embeddings, same run: "
               f"{steady[3]['keys']:.1f} s vs {whole[3]['keys']:.1f} s ({whole[3]['keys'] / steady[3]['keys']:.2f}x faster); "
               f"{kept_mb:,.0f} MiB kept for the restarts")
 
