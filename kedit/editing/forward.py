@@ -33,13 +33,14 @@ class _StopForward(Exception):
 
 
 @contextlib.contextmanager
-def stop_after(module: nn.Module) -> Iterator[None]:
-    """Abort the forward pass once ``module`` has run (what comes after is not needed)."""
+def stop_after(module: nn.Module, before: bool = False) -> Iterator[None]:
+    """Abort the forward pass once ``module`` has run (what comes after is not needed); ``before``:
+    as soon as it is called, after the pre-hooks registered before this one (which see its input)."""
 
-    def hook(mod, inputs, output):
+    def hook(*args):
         raise _StopForward
 
-    handle = module.register_forward_hook(hook)
+    handle = module.register_forward_pre_hook(hook) if before else module.register_forward_hook(hook)
     try:
         yield
     except _StopForward:
@@ -55,18 +56,9 @@ def run_until(model: nn.Module, last_block: int, **inputs) -> None:
 
 
 def run_until_input(model: nn.Module, module: nn.Module, **inputs) -> None:
-    """Run the model on ``inputs`` until ``module`` is called (its forward pre-hooks run, it does not)."""
-
-    def hook(mod, args):
-        raise _StopForward
-
-    handle = module.register_forward_pre_hook(hook)  # registered last: earlier pre-hooks see the input
-    try:
+    """Run the model on ``inputs`` until ``module`` is called (its input is there; it does not run)."""
+    with stop_after(module, before=True):
         model(**inputs, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
