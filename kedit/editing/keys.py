@@ -57,10 +57,13 @@ class Kept:
     (``split`` False), or the stream before its MLP and its projection's input (``split`` True)."""
 
     block: int
-    split: bool
     stream: tuple[torch.Tensor, ...]  # per chunk (B, T, d_model): the output, or the stream before the MLP
     inputs: tuple[torch.Tensor, ...]  # per chunk (B, T, d_in): the projection's input; () when not split
     device: torch.device  # where the block computed them
+
+    @property
+    def split(self) -> bool:
+        return bool(self.inputs)
 
     @property
     def nbytes(self) -> int:
@@ -125,8 +128,7 @@ def read_keys(model, chunks: list[Chunk], n_facts: int, layers: list[int], start
                 for h in handles:
                     h.remove()
     n_t = sum(ch.input_ids.shape[0] for ch in chunks) // n_facts
-    outs = {b: Kept(b, split, tuple(kept[(b, "stream")]), tuple(kept.get((b, "inputs"), ())), kept_on[b])
-            for b, split in keep}
+    outs = {b: Kept(b, tuple(kept[(b, "stream")]), tuple(kept.get((b, "inputs"), ())), kept_on[b]) for b, _ in keep}
     return {l: _average(torch.cat(got[l]), n_facts, n_t) for l in layers}, outs
 
 

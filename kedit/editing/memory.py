@@ -108,13 +108,14 @@ class RememberedKeys:
         rows = self._rows.get(g) or _Rows(chunks_of(self.model, self.tok, list(g), self.prefixes))
         rows.kept = {b: e for b, e in rows.kept.items() if b < layer and e[0] == self._valid_under(e[1])}
         start = max(rows.kept, default=-1)  # restart above this block (-1: at the embeddings)
-        keep = tuple((b, split) for b, split in self._worth_keeping(layer)
+        worth = self._worth_keeping(layer)
+        keep = tuple((b, split) for b, split in worth.items()
                      if start < b and (b <= layer if split else b < layer))  # blocks this pass reaches
         K, kept = read_keys(self.model, rows.chunks, len(g), [layer],
                             start=rows.kept[start][1] if start >= 0 else None, keep=keep)
         self.blocks_run += len(g) * (layer - start)
         rows.kept.update({b: (self._valid_under(k), k) for b, k in kept.items()})
-        self._store(g, rows, dict(self._worth_keeping(layer)))
+        self._store(g, rows, worth)
         return K[layer]
 
     def _store(self, g: Group, rows: _Rows, worth: dict[int, bool]) -> None:
@@ -125,15 +126,16 @@ class RememberedKeys:
             del rows.kept[max(rows.kept)]  # the lowest block serves every later commit: it goes last
         self._rows[g] = rows
 
-    def _worth_keeping(self, layer: int) -> tuple[tuple[int, bool], ...]:
-        """(block, split) restart points after a pass at ``layer``: the lowest edited block for
+    def _worth_keeping(self, layer: int) -> dict[int, bool]:
+        """Restart points after a pass at ``layer``, block -> split: the lowest edited block for
         good, and ``layer``'s own for the pass above it (unless it is the top edited layer)."""
-        out = []
+        out: dict[int, bool] = {}
         for l in (self.base, layer) if layer != self.top else (self.base,):
-            split = self._split(l)
-            if split or l >= 1:
-                out.append((l, True) if split else (l - 1, False))
-        return tuple(dict(out).items())
+            if self._split(l):
+                out[l] = True
+            elif l >= 1:
+                out[l - 1] = False
+        return out
 
     def _split(self, block: int) -> bool:
         if block not in self._splits:
