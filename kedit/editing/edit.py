@@ -70,7 +70,8 @@ class Editor:
         self._factors: dict[int, solver.Factor] = {}
         self._projectors: dict[int, solver.Projector] = {}
         self._corpus = None
-        self.remembered = RememberedKeys(model, tok, prefixes, layers=hparams.layers)
+        self.remembered = RememberedKeys(model, tok, prefixes, layers=hparams.layers,
+                                         first_token=hparams.first_token_keys)
 
     @property
     def corpus(self):
@@ -196,7 +197,8 @@ class Editor:
             if isinstance(remember, _Memory):
                 memory = remember.keys(layer)  # (d_in, P) or None
             else:
-                memory = compute_keys(model, tok, remember, [layer], self.prefixes)[layer] if remember else None
+                memory = (compute_keys(model, tok, remember, [layer], self.prefixes, first_token=hp.first_token_keys)[layer]
+                          if remember else None)
             timings["keys"] += time.perf_counter() - t
             t = time.perf_counter()
             if progress:
@@ -215,7 +217,8 @@ class Editor:
     def _own_keys(self, facts: list[Fact], layer: int) -> tuple[tuple, torch.Tensor]:
         """The batch's keys at ``layer`` and the stamp they were computed under (memory.py)."""
         stamp = self.remembered.stamp(layer)
-        return stamp, compute_keys(self.model, self.tok, facts, [layer], self.prefixes)[layer]  # (d_in, E)
+        keys = compute_keys(self.model, self.tok, facts, [layer], self.prefixes, first_token=self.hparams.first_token_keys)
+        return stamp, keys[layer]  # (d_in, E)
 
     def solve_layer(self, K, R, factor, layer, names, memory):
         """Factors (U, V) of one layer's update Δ = U Vᵀ for keys K (d_in, E) and residuals R

@@ -1,7 +1,11 @@
 """Keys: the input of the MLP output projection at the subject's last token.
 
 For each fact the key is ½·(key on the bare prompt) + ½·(mean key over the prefixed prompts), as
-in the reference ROME/MEMIT code; without prefixes it is the bare key. All facts and templates of
+in the reference ROME/MEMIT code; without prefixes it is the bare key. One exception
+(``first_token=False``): where the subject's last token is the first token of the bare prompt (a
+one-token subject that starts a prompt, on a model whose tokenizer adds no BOS), that position is
+where every text's attention sink sits, its state much the same whatever the token; an update
+written at that key changes every text. The key is then the mean over the prefixed prompts. All facts and templates of
 a batch run in chunks of rows, and every requested layer is read in the same pass, which stops at
 the deepest projection's input (nothing after it is needed).
 
@@ -107,10 +111,12 @@ def splits(model, block: int) -> bool:
 
 @torch.no_grad()
 def read_keys(model, chunks: list[Chunk], n_facts: int, layers: list[int], start: Kept | None = None,
-              keep: tuple[tuple[int, bool], ...] = ()) -> tuple[dict[int, torch.Tensor], dict[int, Kept]]:
+              keep: tuple[tuple[int, bool], ...] = (), first_token: bool = False,
+              ) -> tuple[dict[int, torch.Tensor], dict[int, Kept]]:
     """Keys per layer, each (d_in, E) in float32, read from the chunks' rows. ``start``: begin
     above ``start.block`` instead of at the embeddings; ``keep``: (block, split) pairs to keep for
-    a later pass (a block kept whole must finish in this pass; a split one must reach its projection)."""
+    a later pass (a block kept whole must finish in this pass; a split one must reach its projection);
+    ``first_token``: keep a bare prompt whose subject is its first token in the fact's key."""
     got: dict[int, list[torch.Tensor]] = {l: [] for l in layers}  # per chunk (B, d_in)
     kept: dict[tuple[int, str], list[torch.Tensor]] = {}  # (block, part) -> per chunk (B, T, …)
     kept_on: dict[int, torch.device] = {}  # block -> where it ran
@@ -129,7 +135,14 @@ def read_keys(model, chunks: list[Chunk], n_facts: int, layers: list[int], start
                     h.remove()
     n_t = sum(ch.input_ids.shape[0] for ch in chunks) // n_facts
     outs = {b: Kept(b, tuple(kept[(b, "stream")]), tuple(kept.get((b, "inputs"), ())), kept_on[b]) for b, _ in keep}
-    return {l: _average(torch.cat(got[l]), n_facts, n_t) for l in layers}, outs
+    at_start = None if first_token else starts_at_first_token(chunks, n_facts)
+    return {l: _average(torch.cat(got[l]), n_facts, n_t, at_start) for l in layers}, outs
+
+
+def starts_at_first_token(chunks: list[Chunk], n_facts: int) -> torch.Tensor:
+    """(E,) bool: facts whose bare prompt (each fact's first row) has the subject's last token first."""
+    at = torch.cat([ch.subject_index.cpu() for ch in chunks])  # (E * n_t,)
+    return at.view(n_facts, -1)[:, 0] == 0
 
 
 def _hooks(model, ch: Chunk, got: dict, keep: tuple[tuple[int, bool], ...], kept: dict, kept_on: dict) -> list:
@@ -160,17 +173,22 @@ def _hooks(model, ch: Chunk, got: dict, keep: tuple[tuple[int, bool], ...], kept
 
 
 def compute_keys(
-    model, tok, facts: list[Fact], layers: list[int], prefixes: tuple[str, ...], chunk: int = 64
+    model, tok, facts: list[Fact], layers: list[int], prefixes: tuple[str, ...], chunk: int = 64,
+    first_token: bool = False,
 ) -> dict[int, torch.Tensor]:
     """Keys per layer, each (d_in, E) in float32 (column i belongs to ``facts[i]``)."""
-    return read_keys(model, chunks_of(model, tok, facts, prefixes, chunk), len(facts), layers)[0]
+    chunks = chunks_of(model, tok, facts, prefixes, chunk)
+    return read_keys(model, chunks, len(facts), layers, first_token=first_token)[0]
 
 
-def _average(k: torch.Tensor, n_facts: int, n_t: int) -> torch.Tensor:
-    """(E * n_t, d_in) keys of every template → (d_in, E) keys of the facts."""
+def _average(k: torch.Tensor, n_facts: int, n_t: int, at_start: torch.Tensor | None = None) -> torch.Tensor:
+    """(E * n_t, d_in) keys of every template → (d_in, E) keys of the facts; ``at_start`` (E,):
+    facts whose bare key is left out (read at the first token)."""
     k = k.view(n_facts, n_t, -1)  # (E, n_t, d_in)
     if n_t > 1:
-        k = 0.5 * k[:, 0] + 0.5 * k[:, 1:].mean(1)  # (E, d_in)
+        out = 0.5 * k[:, 0] + 0.5 * k[:, 1:].mean(1)  # (E, d_in)
+        if at_start is not None and bool(at_start.any()):
+            out[at_start] = k[at_start, 1:].mean(1)  # (e, d_in) the prefixed prompts only
     else:
-        k = k[:, 0]
-    return k.T.contiguous()  # (d_in, E)
+        out = k[:, 0]
+    return out.T.contiguous()  # (d_in, E)

@@ -50,9 +50,11 @@ class _Rows:
 
 class RememberedKeys:
     def __init__(self, model, tok, prefixes: tuple[str, ...], layers: tuple[int, ...] = (),
-                 budget: int = KEEP_BUDGET_BYTES) -> None:
-        """``layers``: the layers the session edits (what is worth keeping for a restart)."""
+                 budget: int = KEEP_BUDGET_BYTES, first_token: bool = False) -> None:
+        """``layers``: the layers the session edits (what is worth keeping for a restart);
+        ``first_token``: the key rule of ``keys.read_keys``."""
         self.model, self.tok, self.prefixes, self.budget = model, tok, prefixes, budget
+        self.first_token = first_token
         self.base, self.top = (min(layers), max(layers)) if layers else (0, None)
         self._cache: dict[tuple[int, Group], tuple[tuple, torch.Tensor]] = {}
         self._rows: dict[Group, _Rows] = {}
@@ -112,7 +114,8 @@ class RememberedKeys:
         keep = tuple((b, split) for b, split in worth.items()
                      if start < b and (b <= layer if split else b < layer))  # blocks this pass reaches
         K, kept = read_keys(self.model, rows.chunks, len(g), [layer],
-                            start=rows.kept[start][1] if start >= 0 else None, keep=keep)
+                            start=rows.kept[start][1] if start >= 0 else None, keep=keep,
+                            first_token=self.first_token)
         self.blocks_run += len(g) * (layer - start)
         rows.kept.update({b: (self._valid_under(k), k) for b, k in kept.items()})
         self._store(g, rows, worth)
