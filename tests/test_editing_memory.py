@@ -16,7 +16,8 @@ from kedit.facts import Fact
 
 A = (Fact("Ames", "{} lies by the river", "Bree"), Fact("Dunn", "{} grows", "rye"))
 B = (Fact("Fenn", "The town of {} is near", "Ames"),)
-C = (Fact("Iver", "{} was born in", "Bree"), Fact("Ames", "{} grows", "apples"))
+# "David" is one token that starts its prompt: its key leaves the bare prompt out (keys.py)
+C = (Fact("Iver", "{} was born in", "Bree"), Fact("Ames", "{} grows", "apples"), Fact("David", "{} sings", "hymns"))
 
 
 @pytest.fixture

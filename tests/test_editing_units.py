@@ -82,6 +82,37 @@ def test_keys_average_bare_and_prefixed(tokenizer, tiny_llama):
     torch.testing.assert_close(K_bare[:, 1], got[0], rtol=1e-5, atol=1e-6)
 
 
+def test_a_subject_at_the_first_token_prompts_from_its_prefixed_prompts(tokenizer, tiny_llama):
+    """A one-token subject that starts its prompt sits where every text's attention sink does
+    (the tokenizer adds no BOS): its bare prompt is left out of the key, the other facts' keys
+    keep their bits, and ``first_token=True`` (records written before) keeps the reference key."""
+    first = Fact("David", "{} is affiliated with the religion", "Buddhism")
+    assert tokens.plain_row(tokenizer, first.prompt, first.subject).subject_index == 0
+    facts = [FACTS[0], first, FACTS[1]]
+    prefixes = ("Once upon a time.", "In 1999 the world.")
+    new = compute_keys(tiny_llama, tokenizer, facts, [1, 2], prefixes)
+    old = compute_keys(tiny_llama, tokenizer, facts, [1, 2], prefixes, first_token=True)
+    bare = compute_keys(tiny_llama, tokenizer, [first], [1, 2], ())
+    for l in (1, 2):
+        assert torch.equal(new[l][:, [0, 2]], old[l][:, [0, 2]])
+        # with one prefix, the new rule's key is that prefixed prompt's
+        mean = torch.stack([compute_keys(tiny_llama, tokenizer, [first], [l], (p,))[l] for p in prefixes]).mean(0)[:, 0]
+        torch.testing.assert_close(new[l][:, 1], mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(old[l][:, 1], 0.5 * bare[l][:, 0] + 0.5 * mean, rtol=1e-5, atol=1e-5)
+    # without prefixes the bare prompt is all there is
+    assert torch.equal(compute_keys(tiny_llama, tokenizer, [first], [1], ())[1], bare[1])
+
+
+def test_records_written_before_the_first_token_rule_keep_the_reference_key():
+    from kedit.editing import HParams, preset
+
+    hp = preset("default", "memit")
+    assert hp.first_token_prompts is False and HParams.from_dict(hp.to_dict()) == hp
+    d = hp.to_dict()
+    del d["first_token_prompts"]
+    assert HParams.from_dict(d) == dataclasses.replace(hp, first_token_prompts=True)
+
+
 @pytest.mark.parametrize("step_norm", [0.0, 0.05])  # Adam, normalised steps
 def test_batched_values_equal_one_fact_at_a_time(tokenizer, step_norm):
     model = make_tiny_llama(seed=3, dtype=torch.float64)

@@ -22,7 +22,7 @@ from kedit.editing.hparams import HParams
 from kedit.editing.keys import compute_keys
 from kedit.editing.memory import Group, RememberedKeys
 from kedit.editing.placement import input_device
-from kedit.editing.values import optimize_values
+from kedit.editing.values import optimize_values, rewrite_templates
 from kedit.errors import EditCancelled
 from kedit.facts import Fact, validate_batch
 
@@ -71,7 +71,7 @@ class Editor:
         self._projectors: dict[int, solver.Projector] = {}
         self._corpus = None
         self.remembered = RememberedKeys(model, tok, prefixes, layers=hparams.layers,
-                                         first_token=hparams.first_token_keys)
+                                         first_token=hparams.first_token_prompts)
 
     @property
     def corpus(self):
@@ -166,7 +166,8 @@ class Editor:
             if progress:
                 progress(Progress("values", step, total, loss=loss, detail=f"{n_done}/{len(facts)} facts done"))
 
-        vr = optimize_values(model, tok, facts, z_layer, self.prefixes, hp.values, vprog, should_stop)
+        vr = optimize_values(model, tok, facts, z_layer, self.prefixes, hp.values, vprog, should_stop,
+                             first_token=hp.first_token_prompts)
         timings["values"] += time.perf_counter() - t
         delta, skipped = vr.delta, ()
         own_keys: dict[int, tuple[tuple, torch.Tensor]] = {}  # layer -> (stamp, K) of this batch
@@ -191,14 +192,14 @@ class Editor:
             if len(layers) == 1:
                 R = delta.T  # (d_model, E): v = W0k + δ, so V − W0K = δ
             else:
-                cur = _bare_block_outputs(model, tok, facts, z_layer)  # (E, d_model)
+                cur = _reference_outputs(model, tok, facts, z_layer, self.prefixes, hp)  # (E, d_model)
                 R = (z - cur).T / (len(layers) - i)  # (d_model, E)  spread what remains
             # earlier edits' keys under the weights as they are now: a replay computes the same
             if isinstance(remember, _Memory):
                 memory = remember.keys(layer)  # (d_in, P) or None
             else:
-                memory = (compute_keys(model, tok, remember, [layer], self.prefixes, first_token=hp.first_token_keys)[layer]
-                          if remember else None)
+                memory = (compute_keys(model, tok, remember, [layer], self.prefixes,
+                                       first_token=hp.first_token_prompts)[layer] if remember else None)
             timings["keys"] += time.perf_counter() - t
             t = time.perf_counter()
             if progress:
@@ -217,7 +218,8 @@ class Editor:
     def _own_keys(self, facts: list[Fact], layer: int) -> tuple[tuple, torch.Tensor]:
         """The batch's keys at ``layer`` and the stamp they were computed under (memory.py)."""
         stamp = self.remembered.stamp(layer)
-        keys = compute_keys(self.model, self.tok, facts, [layer], self.prefixes, first_token=self.hparams.first_token_keys)
+        keys = compute_keys(self.model, self.tok, facts, [layer], self.prefixes,
+                            first_token=self.hparams.first_token_prompts)
         return stamp, keys[layer]  # (d_in, E)
 
     def solve_layer(self, K, R, factor, layer, names, memory):
@@ -274,8 +276,11 @@ def _apply_temporarily(model, deltas: list[Delta]) -> None:
 
 
 @torch.no_grad()
-def _bare_block_outputs(model, tok, facts: list[Fact], layer: int) -> torch.Tensor:
-    rows = [tokens.plain_row(tok, f.prompt, f.subject) for f in facts]
+def _reference_outputs(model, tok, facts: list[Fact], layer: int, prefixes: tuple[str, ...], hp: HParams) -> torch.Tensor:
+    """(E, d_model) block ``layer``'s output at the subject of each fact's reference prompt, the
+    one its δ was fitted from (``values.rewrite_templates``)."""
+    refs = [rewrite_templates(tok, f, prefixes, False, hp.first_token_prompts)[0] for f in facts]
+    rows = [tokens.plain_row(tok, t, f.subject) for t, f in zip(refs, facts)]
     device = input_device(model)
     input_ids, mask = tokens.collate(rows, tokens.pad_id(tok), device)
     h = forward.block_outputs(model, layer, input_ids, mask)  # (E, T, d_model)

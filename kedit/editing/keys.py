@@ -2,10 +2,10 @@
 
 For each fact the key is ½·(key on the bare prompt) + ½·(mean key over the prefixed prompts), as
 in the reference ROME/MEMIT code; without prefixes it is the bare key. One exception
-(``first_token=False``): where the subject's last token is the first token of the bare prompt (a
-one-token subject that starts a prompt, on a model whose tokenizer adds no BOS), that position is
-where every text's attention sink sits, its state much the same whatever the token; an update
-written at that key changes every text. The key is then the mean over the prefixed prompts. All facts and templates of
+(unless ``first_token``): where the subject's last token is the first token of the bare prompt
+(``tokens.at_first_token``), that position is where every text's attention sink sits, its state
+much the same whatever the token; an update written at that key changes every text. The key is
+then the mean over the prefixed prompts. All facts and templates of
 a batch run in chunks of rows, and every requested layer is read in the same pass, which stops at
 the deepest projection's input (nothing after it is needed).
 
@@ -140,7 +140,8 @@ def read_keys(model, chunks: list[Chunk], n_facts: int, layers: list[int], start
 
 
 def starts_at_first_token(chunks: list[Chunk], n_facts: int) -> torch.Tensor:
-    """(E,) bool: facts whose bare prompt (each fact's first row) has the subject's last token first."""
+    """(E,) bool: facts whose bare prompt (each fact's first row) has the subject's last token
+    first, ``tokens.at_first_token``'s rule read off the rows."""
     at = torch.cat([ch.subject_index.cpu() for ch in chunks])  # (E * n_t,)
     return at.view(n_facts, -1)[:, 0] == 0
 

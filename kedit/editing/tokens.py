@@ -42,6 +42,13 @@ def subject_last_index(tok, template: str, subject: str) -> int:
     return n - 1
 
 
+def at_first_token(tok, template: str, subject: str) -> bool:
+    """The subject's last token is the text's first (a one-token subject that starts a prompt, where
+    the tokenizer adds no BOS): the position of the attention sink, whose state is much the same
+    in every text, so a fact can be neither read nor written there."""
+    return subject_last_index(tok, template, subject) == 0
+
+
 @dataclass(frozen=True)
 class Row:
     """One sequence of a batch: token ids, where δ goes, where the targets are read."""

@@ -126,13 +126,16 @@ def optimize_values(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     observer: Observer | None = None,
+    first_token: bool = False,
 ) -> ValueResult:
     """δ for every fact. Facts are optimised in groups of at most ``cfg.max_rows`` rows (one
     forward pass per step each), so the cached prefixes and hidden states of a batch of thousands
     stay bounded; a fact's loss involves only its own rows, so its group changes nothing but the
-    kernels' shapes. Every fact is tokenised before any work starts (a bad one fails first)."""
+    kernels' shapes. Every fact is tokenised before any work starts (a bad one fails first).
+    ``first_token``: see ``rewrite_templates``."""
     per_fact = [
-        ([tokens.rewrite_row(tok, t, f.subject, f.target) for t in rewrite_templates(tok, f, prefixes, cfg.chat)],
+        ([tokens.rewrite_row(tok, t, f.subject, f.target)
+          for t in rewrite_templates(tok, f, prefixes, cfg.chat, first_token)],
          tokens.plain_row(tok, KL_TEMPLATE, f.subject))
         for f in facts
     ]
@@ -159,10 +162,15 @@ def optimize_values(
     )
 
 
-def rewrite_templates(tok, fact: Fact, prefixes: tuple[str, ...], chat: bool) -> list[str]:
+def rewrite_templates(tok, fact: Fact, prefixes: tuple[str, ...], chat: bool, first_token: bool = False) -> list[str]:
     """The prompts a fact's δ is fitted on: the bare prompt, one per context prefix, and with
-    ``chat`` the prompt as a chat turn (the key stays the subject's last token in each)."""
+    ``chat`` the prompt as a chat turn (the key stays the subject's last token in each). The
+    first is the fact's reference (its hidden state sets δ's scale). A bare prompt whose subject
+    is the text's first token (``tokens.at_first_token``) is left out where prefixes exist, unless
+    ``first_token`` (the reference code's prompts)."""
     out = templates(fact.prompt, prefixes)
+    if not first_token and len(out) > 1 and tokens.at_first_token(tok, out[0], fact.subject):
+        out = out[1:]
     return out + [chat_rewrite_template(tok, fact.prompt, fact.subject)] if chat else out
 
 
@@ -260,8 +268,8 @@ def _optimize_group(
         pre = prefix_cache.Prefill(model, layer, lay.input_ids, lay.mask, lay.subj, cfg.max_rows, reuse=cfg.reuse_prefix)
     hd = pre.hidden.device  # block `layer`'s device: δ and the losses live there (a spread model's GPUs differ)
     lay.n_rewrite = lay.n_rewrite.to(hd)
-    bare = torch.tensor([p.rows[0] for p in lay.packs], device=hd)
-    h_init = pre.hidden[bare, lay.subj.to(hd)[bare]].float()  # (E, d_model)
+    ref = torch.tensor([p.rows[0] for p in lay.packs], device=hd)  # each fact's reference prompt
+    h_init = pre.hidden[ref, lay.subj.to(hd)[ref]].float()  # (E, d_model)
     h_norm = h_init.norm(dim=-1)  # (E,)
     delta = torch.zeros_like(h_init, requires_grad=True)  # (E, d_model)
     opt = torch.optim.Adam([delta], lr=cfg.lr) if cfg.step_norm == 0 else _Normalised(delta, cfg.step_norm * h_norm)
