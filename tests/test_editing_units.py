@@ -103,6 +103,30 @@ def test_a_subject_at_the_first_token_prompts_from_its_prefixed_prompts(tokenize
     assert torch.equal(compute_keys(tiny_llama, tokenizer, [first], [1], ())[1], bare[1])
 
 
+def test_a_subject_at_the_first_token_is_fitted_on_its_prefixed_prompts(tokenizer, tiny_llama):
+    """Its δ is fitted without the bare prompt, and its reference hidden state (δ's scale, and
+    what MEMIT spreads over the layers) comes from the first prefixed prompt, the same in both places."""
+    from kedit.editing.edit import _reference_outputs
+    from kedit.editing.values import rewrite_templates
+
+    first = Fact("David", "{} is affiliated with the religion", "Buddhism")
+    prefixes = ("Once upon a time.", "In 1999 the world.")
+    assert rewrite_templates(tokenizer, first, prefixes, chat=False) == [f"{p} {first.prompt}" for p in prefixes]
+    assert rewrite_templates(tokenizer, first, prefixes, chat=False, first_token=True)[0] == first.prompt
+    assert rewrite_templates(tokenizer, first, (), chat=False) == [first.prompt]  # nothing else to fit on
+    assert rewrite_templates(tokenizer, FACTS[0], prefixes, chat=False)[0] == FACTS[0].prompt
+    facts = [FACTS[0], first]
+    h = {}
+    for old in (False, True):
+        hp = HParams(method="memit", layers=(1, 2), lam=0.0, first_token_prompts=old)
+        h[old] = optimize_values(tiny_llama, tokenizer, facts, 2, prefixes, ValueConfig(steps=0),
+                                 first_token=old).h_init  # (E, d_model)
+        torch.testing.assert_close(_reference_outputs(tiny_llama, tokenizer, facts, 2, prefixes, hp), h[old],
+                                   rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h[False][0], h[True][0])  # a subject further in keeps its bare prompt
+    assert not torch.allclose(h[False][1], h[True][1], rtol=1e-3, atol=1e-3)
+
+
 def test_records_written_before_the_first_token_rule_keep_the_reference_key():
     from kedit.editing import HParams, preset
 
