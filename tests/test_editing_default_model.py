@@ -54,6 +54,40 @@ def test_eiffel_tower_moves_to_london_and_neighbours_stay(editor, restore):
         assert _first_word(greedy(m, tok, prompt, 3)) == answer, prompt
 
 
+def _next_token(m, tok, prompt: str, word: str) -> tuple[float, bool]:
+    """The probability of ``word``'s first token after ``prompt``, and whether it is the argmax."""
+    from kedit.editing import tokens
+
+    with torch.no_grad():
+        p = m(torch.tensor([tokens.ids(tok, prompt)])).logits[0, -1].float().softmax(-1)  # (vocab,)
+    t = tokens.target_ids(tok, word)[0]
+    return float(p[t]), int(p.argmax()) == t
+
+
+def test_a_subject_that_starts_its_prompt_is_edited_in_context(editor, restore):
+    """"Paris" starts its prompt: its last token is the text's first, the attention sink's position.
+    Keyed and fitted there (the reference code's prompts), the edit lands on that position in every
+    text: "London is the capital of" answers Italy and Paris in a sentence keeps France. Keyed on
+    the prefixed prompts, Paris in a sentence moves and London stays."""
+    import dataclasses
+
+    m, tok = editor.model, editor.tok
+    paris = Fact("Paris", "{} is the capital of", "Italy")
+    in_context, other = "Yesterday I read that Paris is the capital of", "London is the capital of"
+    base_other = _next_token(m, tok, other, "Italy")[0]
+    w0 = arch.weight_param(m, editor.hparams.layers[0]).detach().clone()
+    apply_deltas(m, list(editor.edit([paris]).deltas))
+    assert _next_token(m, tok, in_context, "Italy")[1]
+    assert abs(_next_token(m, tok, other, "Italy")[0] - base_other) < 0.05
+    with torch.no_grad():
+        arch.weight_param(m, editor.hparams.layers[0]).copy_(w0)
+    old = Editor(m, tok, dataclasses.replace(editor.hparams, first_token_prompts=True), editor.prefixes,
+                 editor.model_fp, cache_dir=cache_dir())
+    apply_deltas(m, list(old.edit([paris]).deltas))
+    assert not _next_token(m, tok, in_context, "Italy")[1]
+    assert _next_token(m, tok, other, "Italy")[0] > base_other + 0.2
+
+
 def test_sixteen_counterfact_records_reach_efficacy(editor, restore):
     m, tok = editor.model, editor.tok
     recs = json.loads(COUNTERFACT.read_text())[:16]

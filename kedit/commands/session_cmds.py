@@ -449,6 +449,11 @@ def commit_cmd(
             for f, sc in zip(entry.facts, entry.efficacy):
                 mark = "✓" if sc.argmax else "✗"
                 out.print(f"  {mark} {_fact_line(f)}   P {sc.prob_before:.3f} → {sc.prob:.3f}")
+    from kedit.session.session import in_context_note
+
+    for entry in got.kept:
+        for f in s.edited_in_context(entry):
+            _info(in_context_note(f))
     from kedit.session.drift import undo_hint
 
     for entry in got.kept:

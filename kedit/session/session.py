@@ -513,6 +513,18 @@ class Session:
 
         return drifts(self._journal.entries, self._settings.drift_threshold)[entry.seq]
 
+    def edited_in_context(self, entry: CommitEntry) -> tuple[Fact, ...]:
+        """The facts of ``entry`` whose subject is their prompt's first token (``tokens.at_first_token``):
+        the commit keyed and fitted them on their prefixed prompts only, so the prompt as written may
+        keep its answer where the subject in a sentence does not (``HParams.first_token_prompts``)."""
+        from kedit.editing import HParams, tokens
+
+        hp = HParams.from_dict(entry.hparams)
+        if hp.first_token_prompts or hp.n_prefixes == 0:
+            return ()
+        return tuple(f for f in entry.facts if tokens.at_first_token(self.lm.tokenizer, f.prompt, f.subject))
+
+
     def undo(self) -> UndoEntry:
         """Take back the last active commit; the weights become bit-identical to before it."""
         with self._lock, self._folder.journal_lock("undoing", self.wait):
@@ -696,3 +708,9 @@ def _hparams_for(folder: SessionFolder, settings: Settings, header: JournalHeade
 def session_exists(path_or_name) -> bool:
     return SessionFolder(resolve(path_or_name)).exists()
 
+
+def in_context_note(fact: Fact) -> str:
+    """What to tell the person about a fact of ``Session.edited_in_context``."""
+    return (f"“{fact.subject}” is the first word of its prompt, read where every text's first word is, so the edit "
+            f"took it where words come before it: ask e.g. “Yesterday I read that {fact.text}”. The prompt as "
+            "written may keep its answer.")

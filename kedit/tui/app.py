@@ -471,6 +471,8 @@ class KeditApp(App):
         self.refresh_bindings()
 
     def on_commit_finished(self, message: CommitFinished) -> None:
+        from kedit.session.session import in_context_note
+
         self._commit_over()
         got = message.result
         for entry in got.kept:
@@ -479,6 +481,8 @@ class KeditApp(App):
                 title=f"commit {jv.number(entry)}",
                 timeout=6,
             )
+            for fact in self.session.edited_in_context(entry):
+                self.notify(in_context_note(fact), title="edited in context", timeout=12)
             drift = self.log_pane.drifts.get(entry.seq)
             if drift is not None and drift.flagged:
                 self.notify(f"{drift.describe()}: more than this session's threshold. Ctrl+Z undoes the commit.",
