@@ -291,3 +291,14 @@ def test_light_commands_do_not_import_torch(committed, tmp_path, args):
     p = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("NO-TORCH"), p.stderr
+
+
+def test_a_subject_that_starts_its_prompt_is_reported_as_edited_in_context(tmp_path):
+    """The commit says that "Paris" was edited where words come before it, and a query in a
+    sentence shows the new answer."""
+    s = tmp_path / "paris"
+    kedit("add", s, "-s", "Paris", "-p", "{} is the capital of", "-t", "Italy", "--device", "cpu")
+    p = kedit("commit", s)
+    assert "“Paris” is the first word of its prompt" in p.stderr and "Yesterday I read that Paris" in p.stderr
+    asked = query_all(s, ["Yesterday I read that Paris is the capital of"])[0]
+    assert asked["top"][0]["token"].strip() == "Italy"
