@@ -276,7 +276,8 @@ def _apply_temporarily(model, deltas: list[Delta]) -> None:
 
 
 @torch.no_grad()
-def _reference_outputs(model, tok, facts: list[Fact], layer: int, prefixes: tuple[str, ...], hp: HParams) -> torch.Tensor:
+def _reference_outputs(model, tok, facts: list[Fact], layer: int, prefixes: tuple[str, ...],
+                       hp: HParams) -> torch.Tensor:
     """(E, d_model) block ``layer``'s output at the subject of each fact's reference prompt, the
     one its δ was fitted from (``values.rewrite_templates``)."""
     refs = [rewrite_templates(tok, f, prefixes, False, hp.first_token_prompts)[0] for f in facts]

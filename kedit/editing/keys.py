@@ -1,13 +1,14 @@
 """Keys: the input of the MLP output projection at the subject's last token.
 
 For each fact the key is ½·(key on the bare prompt) + ½·(mean key over the prefixed prompts), as
-in the reference ROME/MEMIT code; without prefixes it is the bare key. One exception
-(unless ``first_token``): where the subject's last token is the first token of the bare prompt
+in the reference ROME/MEMIT code; without prefixes it is the bare key. One exception (unless
+``first_token``): where the subject's last token is the first token of the bare prompt
 (``tokens.at_first_token``), that position is where every text's attention sink sits, its state
 much the same whatever the token; an update written at that key changes every text. The key is
-then the mean over the prefixed prompts. All facts and templates of
-a batch run in chunks of rows, and every requested layer is read in the same pass, which stops at
-the deepest projection's input (nothing after it is needed).
+then the mean over the prefixed prompts.
+
+All facts and templates of a batch run in chunks of rows, and every requested layer is read in the
+same pass, which stops at the deepest projection's input (nothing after it is needed).
 
 ``read_keys`` can also start a pass above the embeddings, from what an earlier pass over the same
 chunks kept of a block (``Kept``), and keep a block for the next pass: remembered facts' keys at

@@ -95,7 +95,7 @@ class ValueConfig:
 @dataclass(frozen=True)
 class ValueResult:
     delta: torch.Tensor  # (E, d_model) float32
-    h_init: torch.Tensor  # (E, d_model) float32, block output at the subject (bare prompt)
+    h_init: torch.Tensor  # (E, d_model) float32, block output at the subject (the reference prompt)
     steps: tuple[int, ...]  # optimisation steps each fact took
     nll: tuple[float, ...]  # final target NLL per fact
     converged: tuple[bool, ...]  # the stopping rule held when it stopped
