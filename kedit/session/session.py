@@ -524,7 +524,6 @@ class Session:
             return ()
         return tuple(f for f in entry.facts if tokens.at_first_token(self.lm.tokenizer, f.prompt, f.subject))
 
-
     def undo(self) -> UndoEntry:
         """Take back the last active commit; the weights become bit-identical to before it."""
         with self._lock, self._folder.journal_lock("undoing", self.wait):
