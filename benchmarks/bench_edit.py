@@ -20,12 +20,13 @@ Statistics are computed fresh in a temporary cache once and then reused, so the 
 edit itself.
 
     .venv/bin/python benchmarks/bench_edit.py --presets --records R [--facts 64] [--batch 16] [--offset 500] \
-        [--candidate values.min_prob=0.5 ...]
+        [--method memit] [--candidate values.min_prob=0.5 ...]
 
-compares instead, in the same run on the same records, the default model's preset with a
-candidate: the preset with the ``--candidate NAME=VALUE`` settings (as ``kedit eval --set``; by
-default the stopping rule measured last, ``values.min_prob=0.5``). ES, PS, NS and S of batches
-edited on fresh weights (beside the unedited model) and the edit time per fact.
+compares instead, in the same run on the same records, the default model's preset (EMMET's, or
+MEMIT's with ``--method memit``) with a candidate: the preset with the ``--candidate NAME=VALUE``
+settings (as ``kedit eval --set``; by default the stopping rule measured last,
+``values.min_prob=0.5``). ES, PS, NS and S of batches edited on fresh weights (beside the
+unedited model) and the edit time per fact.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def main() -> None:
                     help="--presets: a setting of the candidate, NAME=VALUE (repeatable; default values.min_prob=0.5)")
     ap.add_argument("--batch", type=int, default=16, help="--presets: facts per edit")
     ap.add_argument("--offset", type=int, default=500, help="--presets: first record (the tests use the first 32)")
+    ap.add_argument("--method", default="emmet", choices=("emmet", "memit"),
+                    help="--presets: whose preset the candidate starts from and is compared with")
     args = ap.parse_args()
     if args.presets:
         compare_presets(args)
@@ -205,8 +208,8 @@ def main() -> None:
           f"greedy {greedy_hits:.0%} (new target is the greedy continuation)")
 
 
-def preset_and_candidate(dtype, settings: list[str], layer: int | None = None):
-    """The default model, its preset, the preset with ``settings``, a function giving the context
+def preset_and_candidate(dtype, settings: list[str], layer: int | None = None, method: str = "emmet"):
+    """The default model, its preset for ``method``, the preset with ``settings``, a function giving the context
     prefixes of a setting (seed 0, as many and as long as it asks for) and the model's fingerprint."""
     from functools import cache
 
@@ -214,7 +217,7 @@ def preset_and_candidate(dtype, settings: list[str], layer: int | None = None):
     from kedit.editing.hparams import with_settings
 
     lm = load_model("default", device="cpu", dtype=dtype)
-    current = preset("default", "emmet")
+    current = preset("default", method)
     if layer is not None:
         current = dataclasses.replace(current, layers=(layer,))
     candidate = with_settings(current, settings)
@@ -239,7 +242,7 @@ def compare_presets(args) -> None:
 
     recs = load_records(args.records, offset=args.offset, limit=args.facts)
     settings = args.candidate or ["values.min_prob=0.5"]
-    lm, current, candidate, prefixes_of, fp = preset_and_candidate(args.dtype, settings, args.layer)
+    lm, current, candidate, prefixes_of, fp = preset_and_candidate(args.dtype, settings, args.layer, args.method)
     m, tok = lm.model, lm.tokenizer
     print(f"model default ({lm.dtype}, {torch.get_num_threads()} threads), {len(recs)} CounterFact records from "
           f"{args.offset}, batches of {args.batch} on fresh weights", file=sys.stderr)
