@@ -268,17 +268,18 @@ def test_normalised_value_steps_are_the_default_models_alone():
     assert preset("meta-llama/Meta-Llama-3-8B").values.step_norm == 0.0
 
 
-def test_the_default_models_memit_is_its_emmet_spread_over_layers_1_to_3():
+def test_the_default_models_memit_is_its_emmet_spread_over_layers_1_to_3_with_a_small_ridge():
     """The default model's MEMIT preset is the long-session setting measured in docs/results.md:
-    EMMET's value steps and memory, layers 1–3, each layer's share written exactly. Models without
-    a preset keep MEMIT as published (a ridge on C0), as before."""
+    EMMET's value steps and memory, layers 1–3, each layer's share written exactly, and a small ridge
+    on each layer's C0 (norm_penalty 0.001). Models without a preset keep MEMIT as published (a
+    ridge on C0), as before."""
     import dataclasses
 
     from kedit.editing import preset
 
     emmet, memit = preset("default", "emmet"), preset("default", "memit")
-    assert (memit.method, memit.layers, memit.lam) == ("memit", (1, 2, 3), 0.0)
-    assert dataclasses.replace(memit, method="emmet", layers=emmet.layers) == emmet
+    assert (memit.method, memit.layers, memit.lam, memit.norm_penalty) == ("memit", (1, 2, 3), 0.0, 1e-3)
+    assert dataclasses.replace(memit, method="emmet", layers=emmet.layers, norm_penalty=0.0) == emmet
     other = preset("some-org/unknown-7b", "memit", num_layers=32)
     assert (other.layers, other.lam, other.values.step_norm) == ((3, 4, 5), 15_000.0, 0.0)
     assert (other.preserve, other.remember_by_commit) == (0.0, False)  # as before: no memory term
