@@ -162,8 +162,9 @@ _SMOLLM2_EMMET = HParams(
 # energy there (layers 1 and 3) and takes 1.6× the change that C0 predicts. 0.001 is the size of
 # those eigenvalues (0.01, the mean eigenvalue, made the perplexity worse). Over 512 edits on two
 # sets of records: held-out perplexity +18.8% and +5.6% against +26.0% and +9.7%, S 1.4 and 0.8
-# points higher, ES +1.6 and -0.3; one batch of 16 and one of 64 identical (docs/results.md,
-# "Where the damage is, and a small ridge on the key statistics").
+# points higher, ES +1.6 and -0.3; one batch of 16 and one of 64 identical. At 1,000 edits (one
+# set) +135% against +168% for 1.6 points of ES (docs/results.md, "Where the damage is, and a
+# small ridge on the key statistics").
 _SMOLLM2_MEMIT = dataclasses.replace(_SMOLLM2_EMMET, method="memit", layers=(1, 2, 3), norm_penalty=1e-3)
 # Models kedit has no preset for get the default model's EMMET settings (see ``preset``) or MEMIT as
 # published, ridge λ = 15000 on the mean C0, over three early layers.
