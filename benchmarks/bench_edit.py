@@ -209,8 +209,9 @@ def main() -> None:
 
 
 def preset_and_candidate(dtype, settings: list[str], layer: int | None = None, method: str = "emmet"):
-    """The default model, its preset for ``method``, the preset with ``settings``, a function giving the context
-    prefixes of a setting (seed 0, as many and as long as it asks for) and the model's fingerprint."""
+    """The default model, its preset for ``method``, the preset with ``settings``, a function giving
+    the context prefixes of a setting (seed 0, as many and as long as it asks for) and the model's
+    fingerprint."""
     from functools import cache
 
     from kedit.editing import load_model, model_fingerprint, preset, sample_prefixes
