@@ -111,6 +111,21 @@ def test_ctrl_c_returns_the_figures_so_far(model, tokenizer, corpus, tmp_path, s
     assert digest(model) == before
 
 
+@pytest.mark.parametrize("sequential", [False, True])
+def test_ctrl_c_inside_an_edit_keeps_the_batches_before_it(model, tokenizer, corpus, tmp_path, sequential):
+    before = digest(model)
+    ed = make_editor(model, tokenizer, corpus, tmp_path)
+
+    def progress(tick):
+        if tick.stage == "edit" and tick.done >= 2 and tick.detail:  # during the second batch's edit
+            raise KeyboardInterrupt
+
+    res = evaluate(model, tokenizer, ed, RECORDS, batch_size=2, sequential=sequential, progress=progress)
+    assert res.interrupted and res.batches == 1 and res.facts_edited == 2
+    assert [r.case_id for r in res.records] == ["a", "b"] and res.metrics.ES == 100.0
+    assert digest(model) == before
+
+
 def test_sweep_and_scale_on_a_tiny_model(model, tokenizer, corpus, tmp_path):
     before = digest(model)
     recs = RECORDS[:2]

@@ -223,68 +223,40 @@ def evaluate(
     records = list(records)
     checkup = _Checkup(model, tok, records) if health else None
     stack = EditStack.around(editor)
-    score_s, n_scored, interrupted = 0.0, 0, False
+    tally = _Tally()
     base: list[RecordScores] = list(baseline) if baseline is not None else []
+    interrupted = False
     if baseline is None:
-        score_s, n_scored, interrupted = score_until_interrupted(
-            model, tok, records, score_batch_size, progress, "baseline", base, prompting)
+        interrupted = tally.scored(*score_until_interrupted(
+            model, tok, records, score_batch_size, progress, "baseline", base, prompting))
     if len(base) < len(records) and not interrupted:
         raise ValueError(f"{len(base)} baseline scores for {len(records)} records")
 
     edited: list[RecordScores] = []
     done: list[EvalRecord] = []  # records whose edit was applied (sequential) or scored (batch)
-    edit_s = stats_s = 0.0
-    phases: dict[str, float] = {}
-    n_batches = n_edited = 0
-    todo = batches_of(records, batch_size) if not interrupted else []
-    n_facts = len(records)
-
-    def edit(batch: list[EvalRecord]) -> None:
-        nonlocal edit_s, stats_s, n_batches, n_edited
-        before = len(done) if sequential else len(edited)
-
-        def prog(p: Progress) -> None:
-            if progress:
-                progress(Tick("edit", before, n_facts, f"{p.phase} {p.detail}".strip()))
-
-        t = time.perf_counter()
-        res = stack.edit([r.fact for r in batch], editor.hparams, progress=prog)  # remembers what is pushed
-        dt = time.perf_counter() - t
-        stack.push(res.deltas, res.facts)
-        stats = res.timings.get("statistics", 0.0)
-        edit_s += dt - stats
-        stats_s += stats
-        for k, v in res.timings.items():
-            phases[k] = phases.get(k, 0.0) + v
-        n_batches += 1
-        n_edited += len(batch)
-
     try:
-        for batch in todo:
-            try:
-                edit(batch)
-                if sequential:
-                    done.extend(batch)
-                else:
+        for batch in batches_of(records, batch_size) if not interrupted else []:
+            _edit_and_push(stack, editor, batch, tally, progress, len(done), len(records))
+            if sequential:
+                done.extend(batch)
+            else:
+                try:
                     t = time.perf_counter()
                     edited.extend(score_records(model, tok, batch, score_batch_size, prompting=prompting))
-                    score_s += time.perf_counter() - t
-                    n_scored += count_prompts(batch)
+                    tally.scored(time.perf_counter() - t, count_prompts(batch), False)
                     done.extend(batch)
                     if checkup:
                         checkup.measure(batch)
-            finally:
-                if not sequential and stack.depth:
-                    stack.pop()
+                finally:
+                    stack.pop()  # every batch is scored on the base weights
             if progress:
-                progress(Tick("edit", len(done), n_facts))
+                progress(Tick("edit", len(done), len(records)))
     except KeyboardInterrupt:
         interrupted = True
     try:
         if sequential and done:
-            dt, n, stopped = score_until_interrupted(model, tok, done, score_batch_size, progress, "score", edited,
-                                                     prompting)
-            score_s, n_scored, interrupted = score_s + dt, n_scored + n, interrupted or stopped
+            interrupted = tally.scored(*score_until_interrupted(
+                model, tok, done, score_batch_size, progress, "score", edited, prompting)) or interrupted
             if checkup and not interrupted:
                 checkup.measure(done)
     finally:
@@ -292,11 +264,54 @@ def evaluate(
     scored = done[: len(edited)]
     return RunResult(
         records=tuple(scored), edited=tuple(edited), baseline=tuple(base[: len(scored)]),
-        sequential=sequential, batch_size=batch_size, batches=n_batches, facts_edited=n_edited,
-        edit_seconds=edit_s, stats_seconds=stats_s, phase_seconds=phases,
-        score_seconds=score_s, prompts_scored=n_scored, interrupted=interrupted,
+        sequential=sequential, batch_size=batch_size, batches=tally.batches, facts_edited=tally.facts,
+        edit_seconds=tally.edit_s, stats_seconds=tally.stats_s, phase_seconds=tally.phases,
+        score_seconds=tally.score_s, prompts_scored=tally.prompts, interrupted=interrupted,
         health=checkup.summary() if checkup else None,
     )
+
+
+@dataclass
+class _Tally:
+    """What a run has spent so far: edit and statistics time by phase, scoring time and pairs."""
+
+    edit_s: float = 0.0  # the edits' wall time without the statistics (C0)
+    stats_s: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    facts: int = 0
+    score_s: float = 0.0
+    prompts: int = 0
+
+    def edited(self, seconds: float, timings: dict[str, float], n_facts: int) -> None:
+        stats = timings.get("statistics", 0.0)
+        self.edit_s += seconds - stats
+        self.stats_s += stats
+        for k, v in timings.items():
+            self.phases[k] = self.phases.get(k, 0.0) + v
+        self.batches += 1
+        self.facts += n_facts
+
+    def scored(self, seconds: float, pairs: int, interrupted: bool) -> bool:
+        """Count a scoring pass (``score_until_interrupted``'s triple); returns ``interrupted``."""
+        self.score_s += seconds
+        self.prompts += pairs
+        return interrupted
+
+
+def _edit_and_push(stack, editor: Editor, batch: list[EvalRecord], tally: _Tally,
+                   progress: TickFn | None, before: int, total: int) -> None:
+    """Edit ``batch`` on the stack's current weights and push its deltas (the stack remembers them)."""
+
+    def prog(p: Progress) -> None:
+        if progress:
+            progress(Tick("edit", before, total, f"{p.phase} {p.detail}".strip()))
+
+    t = time.perf_counter()
+    res = stack.edit([r.fact for r in batch], editor.hparams, progress=prog)
+    seconds = time.perf_counter() - t
+    stack.push(res.deltas, res.facts)
+    tally.edited(seconds, res.timings, len(batch))
 
 
 class _Checkup:
