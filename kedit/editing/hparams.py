@@ -164,7 +164,8 @@ _SMOLLM2_EMMET = HParams(
 # sets of records: held-out perplexity +18.8% and +5.6% against +26.0% and +9.7%, S 1.4 and 0.8
 # points higher, ES +1.6 and -0.3; one batch of 16 and one of 64 identical. At 1,000 edits (one
 # set) +135% against +168% for 1.6 points of ES (docs/results.md, "Where the damage is, and a
-# small ridge on the key statistics").
+# small ridge on the key statistics"). On EMMET's one layer the same ridge did not help (+125%
+# against +119% after 512 edits, S 0.7 lower), so the EMMET preset above has none.
 _SMOLLM2_MEMIT = dataclasses.replace(_SMOLLM2_EMMET, method="memit", layers=(1, 2, 3), norm_penalty=1e-3)
 # Models kedit has no preset for get the default model's EMMET settings (see ``preset``) or MEMIT as
 # published, ridge λ = 15000 on the mean C0, over three early layers.
