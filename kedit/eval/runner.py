@@ -227,8 +227,9 @@ def evaluate(
     base: list[RecordScores] = list(baseline) if baseline is not None else []
     interrupted = False
     if baseline is None:
-        interrupted = tally.scored(*score_until_interrupted(
-            model, tok, records, score_batch_size, progress, "baseline", base, prompting))
+        dt, n, interrupted = score_until_interrupted(
+            model, tok, records, score_batch_size, progress, "baseline", base, prompting)
+        tally.scored(dt, n)
     if len(base) < len(records) and not interrupted:
         raise ValueError(f"{len(base)} baseline scores for {len(records)} records")
 
@@ -243,7 +244,7 @@ def evaluate(
                 try:
                     t = time.perf_counter()
                     edited.extend(score_records(model, tok, batch, score_batch_size, prompting=prompting))
-                    tally.scored(time.perf_counter() - t, count_prompts(batch), False)
+                    tally.scored(time.perf_counter() - t, count_prompts(batch))
                     done.extend(batch)
                     if checkup:
                         checkup.measure(batch)
@@ -255,8 +256,10 @@ def evaluate(
         interrupted = True
     try:
         if sequential and done:
-            interrupted = tally.scored(*score_until_interrupted(
-                model, tok, done, score_batch_size, progress, "score", edited, prompting)) or interrupted
+            dt, n, stopped = score_until_interrupted(
+                model, tok, done, score_batch_size, progress, "score", edited, prompting)
+            tally.scored(dt, n)
+            interrupted = interrupted or stopped
             if checkup and not interrupted:
                 checkup.measure(done)
     finally:
@@ -292,11 +295,9 @@ class _Tally:
         self.batches += 1
         self.facts += n_facts
 
-    def scored(self, seconds: float, pairs: int, interrupted: bool) -> bool:
-        """Count a scoring pass (``score_until_interrupted``'s triple); returns ``interrupted``."""
+    def scored(self, seconds: float, pairs: int) -> None:
         self.score_s += seconds
         self.prompts += pairs
-        return interrupted
 
 
 def _edit_and_push(stack, editor: Editor, batch: list[EvalRecord], tally: _Tally,
